@@ -1,0 +1,259 @@
+//! husk-init: PID 1 of every husk guest.
+//!
+//! Mounts the base filesystems, sets the hostname, seeds entropy, starts and restarts the
+//! services the image manifest lists, reaps orphans, tells the host it is ready over vsock, and
+//! on a shutdown request (or a fatal error) stops everything, syncs and leaves the VM with
+//! `reboot(2)` (the VM has no ACPI power-off). Logs go to the serial console.
+//!
+//! This file owns the start-up order and the event loop. It must never exit: PID 1 leaving
+//! panics the guest kernel, so every path ends in [`leave`].
+
+mod control;
+mod entropy;
+mod identity;
+mod mounts;
+mod spawn;
+mod supervisor;
+mod syscalls;
+
+use std::convert::Infallible;
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use husk_protocols::cmdline;
+use husk_protocols::init::{GuestMessage, Ready, PROTOCOL};
+use husk_protocols::manifest::{ImageManifest, MANIFEST_PATH};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::control::Control;
+use crate::spawn::ProcessSpawner;
+use crate::supervisor::Supervisor;
+
+/// How long services get to exit after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+fn main() {
+    if std::env::args().nth(1).as_deref() == Some("--version") {
+        println!("husk-init {}", env!("CARGO_PKG_VERSION"));
+        return;
+    }
+    // Checked before anything else: run on a host, the mounts below would shadow its /proc.
+    if std::process::id() != 1 {
+        eprintln!(
+            "husk-init: must run as PID 1 (it is the guest's init), not as pid {}",
+            std::process::id()
+        );
+        std::process::exit(2);
+    }
+    let mounted = mounts::mount_base(&mut syscalls::RealSyscalls);
+    let cmdline_text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    init_logging(&cmdline_text);
+    tracing::info!(
+        uptime_ms = uptime().as_millis() as u64,
+        "husk-init {} starting",
+        env!("CARGO_PKG_VERSION")
+    );
+    let err = match mounted.context("mounting base filesystems") {
+        Ok(()) => match run(&cmdline_text) {
+            Ok(never) => match never {},
+            Err(e) => e,
+        },
+        Err(e) => e,
+    };
+    tracing::error!("fatal: {err:#}");
+    leave(&format!("fatal error: {err:#}"));
+}
+
+fn init_logging(cmdline_text: &str) {
+    let level = cmdline::lookup(cmdline_text, cmdline::LOG_LEVEL).unwrap_or("info");
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .without_time()
+        .with_target(false)
+        .init();
+}
+
+fn uptime() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(Duration::from)
+        .unwrap_or_default()
+}
+
+fn read_manifest() -> anyhow::Result<ImageManifest> {
+    let text = std::fs::read_to_string(MANIFEST_PATH)
+        .with_context(|| format!("reading the image manifest {MANIFEST_PATH}"))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("parsing the image manifest {MANIFEST_PATH}"))
+}
+
+fn run(cmdline_text: &str) -> anyhow::Result<Infallible> {
+    // Signals arrive through a signalfd; block them before any thread or child exists.
+    let mut mask = SigSet::empty();
+    for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT] {
+        mask.add(s);
+    }
+    mask.thread_block().context("blocking signals")?;
+    let mut sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .context("creating signalfd")?;
+
+    let hostname = identity::set_hostname(&mut syscalls::RealSyscalls, cmdline_text)
+        .context("setting the hostname")?;
+    let entropy_seeded = entropy::seed_from_hwrng();
+    let manifest = read_manifest()?;
+    let services = manifest
+        .services
+        .iter()
+        .filter(|s| match s.validate() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!("skipping service: {e}");
+                false
+            }
+        })
+        .cloned()
+        .collect();
+    let mut sup = Supervisor::new(ProcessSpawner, services);
+    let started = sup.start_all(Instant::now());
+
+    let control = match Control::connect() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot reach the host on vsock port {}", husk_protocols::ports::INIT_PORT);
+            None
+        }
+    };
+    let up = uptime();
+    let ready = Ready {
+        protocol: PROTOCOL.to_owned(),
+        init_version: env!("CARGO_PKG_VERSION").to_owned(),
+        build_id: manifest.build_id.clone(),
+        flavour: manifest.flavour.clone(),
+        uptime_ns: up.as_nanos() as u64,
+        kernel_release: nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        services: started,
+        entropy_seeded,
+    };
+    if let Some(c) = &control {
+        c.send(&GuestMessage::Ready(ready));
+        c.spawn_reader().context("starting the control reader")?;
+    }
+    tracing::info!(
+        hostname,
+        build_id = %manifest.build_id,
+        uptime_ms = up.as_millis() as u64,
+        "husk-init ready"
+    );
+
+    loop {
+        let timeout = match sup.next_deadline() {
+            Some(d) => PollTimeout::try_from(d.saturating_duration_since(Instant::now()))
+                .unwrap_or(PollTimeout::MAX),
+            None => PollTimeout::NONE,
+        };
+        let mut fds = [PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e).context("polling the signalfd"),
+        }
+        while let Some(info) = sfd.read_signal().context("reading the signalfd")? {
+            match Signal::try_from(info.ssi_signo as i32) {
+                Ok(Signal::SIGCHLD) => reap(&mut sup, control.as_ref()),
+                Ok(Signal::SIGTERM | Signal::SIGINT) => {
+                    let reason = control::SHUTDOWN_REASON
+                        .get()
+                        .cloned()
+                        .unwrap_or_else(|| format!("signal {}", info.ssi_signo));
+                    shutdown(&mut sup, &mut sfd, control.as_ref(), &reason);
+                }
+                _ => {}
+            }
+        }
+        sup.restart_due(Instant::now());
+    }
+}
+
+/// Reaps every exited child: services are reported and scheduled for restart, orphans logged.
+fn reap(sup: &mut Supervisor<ProcessSpawner>, control: Option<&Control>) {
+    loop {
+        let (pid, status) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => (pid, format!("exit code {code}")),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, format!("killed by {sig}")),
+            Ok(WaitStatus::StillAlive) | Err(_) => return,
+            Ok(_) => continue,
+        };
+        match sup.on_exit(pid.as_raw(), Instant::now()) {
+            Some(exit) => {
+                tracing::warn!(service = %exit.name, %status, restart_in_ms = exit.restart_in.as_millis() as u64, "service exited");
+                if let Some(c) = control {
+                    c.send(&GuestMessage::ServiceExited {
+                        name: exit.name,
+                        status,
+                        restart_in_ms: exit.restart_in.as_millis() as u64,
+                    });
+                }
+            }
+            None => tracing::debug!(pid = pid.as_raw(), %status, "reaped orphan"),
+        }
+    }
+}
+
+/// Stops every process, then leaves the VM.
+fn shutdown(
+    sup: &mut Supervisor<ProcessSpawner>,
+    sfd: &mut SignalFd,
+    control: Option<&Control>,
+    reason: &str,
+) -> ! {
+    tracing::info!(reason, "shutting down");
+    if let Some(c) = control {
+        c.send(&GuestMessage::ShuttingDown {
+            reason: reason.to_owned(),
+        });
+    }
+    sup.stop_all();
+    // From PID 1, pid -1 means every process but init itself: services and orphans alike.
+    let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
+    let deadline = Instant::now() + STOP_GRACE;
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(_) => continue,
+            Err(_) => break, // ECHILD: nothing left
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            tracing::warn!("processes still running after {STOP_GRACE:?}, killing them");
+            let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+            while waitpid(Pid::from_raw(-1), None).is_ok() {}
+            break;
+        }
+        let mut fds = [PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(
+            &mut fds,
+            PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX),
+        );
+        while let Ok(Some(_)) = sfd.read_signal() {}
+    }
+    leave(reason)
+}
+
+/// Syncs and leaves the VM through `reboot(2)`; the VMM treats the reset as the VM's exit.
+fn leave(reason: &str) -> ! {
+    tracing::info!(reason, "syncing and leaving the VM");
+    nix::unistd::sync();
+    let err = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+    // Only reached if reboot(2) failed; exiting panics the kernel, which also ends the VM.
+    eprintln!("husk-init: reboot failed: {err:?}");
+    std::process::exit(1)
+}

@@ -1,0 +1,94 @@
+//! `husk image build`: builds a guest image with [`husk_image`] and says what it made.
+//!
+//! Owns the command's flags and defaults. Must never build binaries itself: it takes the
+//! statically linked husk-init it is given.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use husk_hypervisor::artifacts;
+use husk_image::{Flavour, ImageSpec};
+use husk_protocols::manifest::{ServiceSpec, ServiceStdio};
+
+/// Flags of `husk image build`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BuildArgs {
+    /// Build the debug flavour (adds busybox and a shell on the serial console).
+    #[arg(long)]
+    debug: bool,
+    /// Statically linked husk-init.
+    #[arg(
+        long,
+        default_value = "target/x86_64-unknown-linux-gnu/release/husk-init"
+    )]
+    init: PathBuf,
+    /// Statically linked busybox for the debug flavour.
+    #[arg(long, default_value = "/bin/busybox")]
+    busybox: PathBuf,
+    /// Output file (default: $HUSK_HOME/images/<flavour>.cpio).
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// An extra service for husk-init to supervise: NAME=/abs/program [args…] (space-separated).
+    #[arg(long = "service", value_name = "NAME=COMMAND")]
+    services: Vec<String>,
+}
+
+fn parse_service(s: &str) -> anyhow::Result<ServiceSpec> {
+    let (name, cmd) = s
+        .split_once('=')
+        .with_context(|| format!("--service {s:?}: expected NAME=/abs/program [args…]"))?;
+    let spec = ServiceSpec {
+        name: name.into(),
+        argv: cmd.split_whitespace().map(str::to_owned).collect(),
+        env: vec!["PATH=/bin:/sbin:/usr/bin:/usr/sbin".into()],
+        stdio: ServiceStdio::Log,
+    };
+    spec.validate().map_err(anyhow::Error::msg)?;
+    Ok(spec)
+}
+
+pub fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
+    let flavour = if args.debug {
+        Flavour::Debug
+    } else {
+        Flavour::Default
+    };
+    let spec = ImageSpec {
+        flavour,
+        init: args.init.clone(),
+        busybox: args.busybox.clone(),
+        services: args
+            .services
+            .iter()
+            .map(|s| parse_service(s))
+            .collect::<anyhow::Result<_>>()?,
+        output: args
+            .output
+            .clone()
+            .unwrap_or_else(|| artifacts::image(flavour.name())),
+    };
+    eprintln!(
+        "[image] building the {} image from {}",
+        flavour.name(),
+        spec.init.display()
+    );
+    let r = husk_image::build(&spec)?;
+    let components: Vec<String> = r
+        .manifest
+        .components
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    println!(
+        "{} image: {} ({} entries, {:.1} MiB)\n  build id   {}\n  contains   {}\n  manifest   {}",
+        flavour.name(),
+        r.output.display(),
+        r.entries,
+        r.bytes as f64 / 1048576.0,
+        r.manifest.build_id,
+        components.join(", "),
+        r.manifest_path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,130 @@
+//! `husk`: the command-line tool. Checks whether this host can run husk, builds guest images,
+//! boots VMs and benchmarks them.
+//!
+//! This file owns argument parsing, logging set-up and exit codes. Each subcommand lives in its
+//! own module and must never call `std::process::exit` itself.
+
+mod bench;
+mod check;
+mod exit;
+mod image;
+mod table;
+mod vm;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use husk_hypervisor::BackendChoice;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "husk",
+    version,
+    about = "husk: every container in its own lightweight VM"
+)]
+struct Cli {
+    /// Log level for husk's own logs (error, warn, info, debug, trace); also RUST_LOG.
+    #[arg(long, global = true, default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Can this host run husk, and how? (exit 0: yes, 3: no)
+    Check {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Guest VMs.
+    #[command(subcommand)]
+    Vm(VmCommand),
+    /// Guest images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// Options shared by every command that boots a VM.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BootArgs {
+    /// Boot the debug image (busybox and a shell on the serial console).
+    #[arg(long)]
+    pub debug: bool,
+    /// Guest kernel (default: $HUSK_HOME/kernel/vmlinux).
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Guest image (default: $HUSK_HOME/images/<default|debug>.cpio).
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Back end: auto, qemu or builtin.
+    #[arg(long, default_value = "auto")]
+    pub backend: BackendChoice,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = husk_hypervisor::config::DEFAULT_MEMORY_MIB)]
+    pub memory: u32,
+    /// Seconds to wait for the guest to report ready.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+    /// Extra kernel command-line words.
+    #[arg(long = "append", value_name = "WORD")]
+    pub append: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum VmCommand {
+    /// Boot a VM, wait for init, print a boot report and shut it down cleanly.
+    Boot {
+        #[command(flatten)]
+        boot: BootArgs,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Build a guest image (reproducible initramfs with husk-init and a manifest).
+    Build(image::BuildArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Boot time: husk's image against the same kernel with a busybox-only initramfs.
+    Boot(bench::BootBenchArgs),
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    let result = match cli.command {
+        Command::Check { json } => check::run(json),
+        Command::Vm(VmCommand::Boot { boot, json }) => vm::boot(&boot, json),
+        Command::Image(ImageCommand::Build(args)) => image::build(&args),
+        Command::Bench(BenchCommand::Boot(args)) => bench::boot(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("husk: error: {err:#}");
+            exit::code_for(&err)
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! `husk vm boot`: boot one VM, wait for husk-init's readiness, print the boot report and shut
+//! the VM down cleanly.
+//!
+//! Owns turning [`BootArgs`] into a VM configuration and presenting the result. Must never
+//! leave the VM running: the [`husk_hypervisor::Vm`] is dropped (killed, reaped, cleaned) on
+//! every path.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use husk_hypervisor::{artifacts, BootReport, ExitReport, HostPaths, Hypervisor, VmConfig};
+use serde::Serialize;
+
+use crate::table::{ms, Table};
+use crate::BootArgs;
+
+/// How long a guest gets to leave after a shutdown request.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The VM configuration for these arguments.
+pub fn config(args: &BootArgs) -> VmConfig {
+    let flavour = if args.debug { "debug" } else { "default" };
+    let mut c = VmConfig::new(
+        args.kernel.clone().unwrap_or_else(artifacts::kernel),
+        args.image
+            .clone()
+            .unwrap_or_else(|| artifacts::image(flavour)),
+    );
+    c.memory_mib = args.memory;
+    c.extra_cmdline = args.append.clone();
+    c.run_root = artifacts::run_root();
+    c.log_root = artifacts::log_root();
+    c
+}
+
+/// The hypervisor for these arguments.
+pub fn hypervisor(args: &BootArgs) -> anyhow::Result<Box<dyn Hypervisor>> {
+    Ok(husk_hypervisor::for_host(
+        args.backend,
+        &HostPaths::system(),
+    )?)
+}
+
+#[derive(Debug, Serialize)]
+struct JsonReport<'a> {
+    id: &'a str,
+    backend: String,
+    first_serial_ms: Option<f64>,
+    ready_ms: f64,
+    guest_uptime_ms: f64,
+    build_id: &'a str,
+    flavour: &'a str,
+    init_version: &'a str,
+    kernel_release: &'a str,
+    protocol: &'a str,
+    services: &'a [String],
+    entropy_seeded: bool,
+    shutdown_ms: f64,
+    exit_status: &'a str,
+    logs: String,
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+pub fn boot(args: &BootArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let hv = hypervisor(args)?;
+    let cfg = config(args);
+    let mut vm = hv.boot(&cfg).context("booting the VM")?;
+    let report: BootReport = vm
+        .wait_ready(Duration::from_secs(args.timeout))
+        .context("waiting for the guest")?;
+    let exit: ExitReport = vm
+        .shutdown(SHUTDOWN_TIMEOUT)
+        .context("shutting the VM down")?;
+    let logs = vm.log_dir().display().to_string();
+    if json {
+        let j = JsonReport {
+            id: vm.id(),
+            backend: hv.describe(),
+            first_serial_ms: report.first_serial.map(millis),
+            ready_ms: millis(report.ready),
+            guest_uptime_ms: millis(report.guest_uptime),
+            build_id: &report.init.build_id,
+            flavour: &report.init.flavour,
+            init_version: &report.init.init_version,
+            kernel_release: &report.init.kernel_release,
+            protocol: &report.init.protocol,
+            services: &report.init.services,
+            entropy_seeded: report.init.entropy_seeded,
+            shutdown_ms: millis(exit.took),
+            exit_status: &exit.status,
+            logs,
+        };
+        println!("{}", serde_json::to_string_pretty(&j)?);
+    } else {
+        let mut t = Table::default();
+        t.row("back end", hv.describe())
+            .row(
+                "launch → first serial byte",
+                report
+                    .first_serial
+                    .map(ms)
+                    .unwrap_or_else(|| "no serial output".into()),
+            )
+            .row("launch → init ready", ms(report.ready))
+            .row("guest uptime at ready", ms(report.guest_uptime))
+            .row("build id", &report.init.build_id)
+            .row(
+                "image",
+                format!(
+                    "{} (husk-init {}, {})",
+                    report.init.flavour, report.init.init_version, report.init.protocol
+                ),
+            )
+            .row("guest kernel", &report.init.kernel_release)
+            .row(
+                "services",
+                if report.init.services.is_empty() {
+                    "none".into()
+                } else {
+                    report.init.services.join(", ")
+                },
+            )
+            .row(
+                "entropy seeded",
+                if report.init.entropy_seeded {
+                    "yes (virtio-rng)"
+                } else {
+                    "no"
+                },
+            )
+            .row("shutdown", format!("{} ({})", ms(exit.took), exit.status))
+            .row("logs", logs);
+        print!("VM {} booted and shut down\n{}", vm.id(), t.render());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,169 @@
+//! The QEMU command line for a husk VM: `-M microvm` without ACPI, shared memfd guest memory
+//! (vhost-user back ends need it; without it QEMU boots with a dead device and exits 0), the
+//! serial console on stdio, husk's vhost-user vsock device and a virtio-rng device.
+//!
+//! Owns argument construction only: pure functions, unit-tested. Must never spawn anything.
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use crate::backend::Accel;
+
+/// The inputs of one QEMU command line.
+#[derive(Debug, Clone)]
+pub struct QemuArgs<'a> {
+    pub name: &'a str,
+    pub accel: Accel,
+    pub icount: bool,
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    pub kernel: &'a Path,
+    pub initrd: &'a Path,
+    pub cmdline: &'a str,
+    pub vhost_vsock_socket: &'a Path,
+    pub qmp_socket: &'a Path,
+}
+
+/// The guest kernel command line: serial console, leave on reset (the VM has no ACPI power-off:
+/// `reboot=t` triple-faults and QEMU's `-no-reboot` turns that into an exit), reboot at once
+/// on panic, and the TSC frequency so TCG boots skip clock calibration.
+pub fn kernel_cmdline(tsc_khz: Option<u64>, extra: &[String]) -> String {
+    let mut words = vec![
+        "console=ttyS0".to_owned(),
+        "reboot=t".into(),
+        "panic=-1".into(),
+        "quiet".into(),
+    ];
+    if let Some(khz) = tsc_khz {
+        words.push(format!("tsc_early_khz={khz}"));
+    }
+    words.extend(extra.iter().cloned());
+    words.join(" ")
+}
+
+/// The full argument vector (without the program name).
+pub fn argv(a: &QemuArgs<'_>) -> Vec<OsString> {
+    let mut v: Vec<OsString> = Vec::new();
+    let mut push = |s: &str| v.push(s.into());
+    push("-name");
+    push(&format!("husk-{}", a.name));
+    push("-M");
+    push("microvm,acpi=off,memory-backend=mem");
+    match a.accel {
+        Accel::Kvm => {
+            push("-accel");
+            push("kvm");
+            push("-cpu");
+            push("host");
+        }
+        Accel::Tcg => {
+            push("-accel");
+            push("tcg");
+            push("-cpu");
+            push("max");
+            if a.icount {
+                push("-icount");
+                push("shift=0,sleep=off");
+            }
+        }
+    }
+    push("-smp");
+    push(&a.vcpus.to_string());
+    push("-m");
+    push(&format!("{}M", a.memory_mib));
+    push("-object");
+    push(&format!(
+        "memory-backend-memfd,id=mem,size={}M,share=on",
+        a.memory_mib
+    ));
+    for s in [
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+    ] {
+        push(s);
+    }
+    push("-append");
+    push(a.cmdline);
+    push("-device");
+    push("virtio-rng-device");
+    drop(push);
+    v.push("-kernel".into());
+    v.push(a.kernel.into());
+    v.push("-initrd".into());
+    v.push(a.initrd.into());
+    let mut chardev = OsString::from("socket,id=vsock,path=");
+    chardev.push(a.vhost_vsock_socket);
+    v.extend(["-chardev".into(), chardev]);
+    v.extend([
+        "-device".into(),
+        "vhost-user-vsock-device,chardev=vsock".into(),
+    ]);
+    let mut qmp = OsString::from("unix:");
+    qmp.push(a.qmp_socket);
+    qmp.push(",server=on,wait=off");
+    v.extend(["-qmp".into(), qmp]);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(accel: Accel, icount: bool) -> Vec<String> {
+        let a = QemuArgs {
+            name: "t1",
+            accel,
+            icount,
+            memory_mib: 256,
+            vcpus: 1,
+            kernel: Path::new("/k/vmlinux"),
+            initrd: Path::new("/i/default.cpio"),
+            cmdline: "console=ttyS0",
+            vhost_vsock_socket: Path::new("/run/x/vhost-vsock.sock"),
+            qmp_socket: Path::new("/run/x/qmp.sock"),
+        };
+        argv(&a)
+            .into_iter()
+            .map(|s| s.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn shared_memfd_matches_memory_size() {
+        let v = args(Accel::Tcg, false);
+        assert!(v.contains(&"memory-backend-memfd,id=mem,size=256M,share=on".to_owned()));
+        assert!(v.contains(&"256M".to_owned()));
+        assert!(v.contains(&"microvm,acpi=off,memory-backend=mem".to_owned()));
+        assert!(v.contains(&"-no-reboot".to_owned()));
+        assert!(v.contains(&"socket,id=vsock,path=/run/x/vhost-vsock.sock".to_owned()));
+    }
+
+    #[test]
+    fn accelerators() {
+        let tcg = args(Accel::Tcg, true).join(" ");
+        assert!(
+            tcg.contains("-accel tcg -cpu max -icount shift=0,sleep=off"),
+            "{tcg}"
+        );
+        let kvm = args(Accel::Kvm, true).join(" ");
+        assert!(
+            kvm.contains("-accel kvm -cpu host") && !kvm.contains("icount"),
+            "{kvm}"
+        );
+    }
+
+    #[test]
+    fn cmdline_words() {
+        let c = kernel_cmdline(Some(2_100_000), &["husk.hostname=a".into()]);
+        assert_eq!(
+            c,
+            "console=ttyS0 reboot=t panic=-1 quiet tsc_early_khz=2100000 husk.hostname=a"
+        );
+        assert!(!kernel_cmdline(None, &[]).contains("tsc_early_khz"));
+    }
+}

@@ -1,0 +1,285 @@
+//! The `qemu` back end: an external `qemu-system-x86_64 -M microvm` (KVM where it can run a
+//! stock guest, TCG otherwise) with a vhost-user vsock back end process for hybrid vsock.
+//!
+//! Owns starting and stopping those processes. Must never leave one behind: every process is
+//! a [`ChildProcess`] (killed and reaped on drop) and every socket lives in the VM's run
+//! directory (removed on drop), including on every error path of [`QemuBackend::boot`].
+
+mod cmdline;
+mod qmp;
+
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use husk_protocols::ports::{GUEST_CID, INIT_PORT};
+
+use crate::backend::Plan;
+use crate::boot_files;
+use crate::config::VmConfig;
+use crate::error::VmError;
+use crate::host_probe::{self, HostPaths};
+use crate::process::ChildProcess;
+use crate::serial::Serial;
+use crate::vm::{listener_path, Machine, Vm, VmParts};
+use crate::Hypervisor;
+
+pub use cmdline::kernel_cmdline;
+
+/// How long the vhost-user back end gets to create its socket.
+const BACKEND_START: Duration = Duration::from_secs(10);
+/// QMP command timeout.
+const QMP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The QEMU back end, configured for this host.
+#[derive(Debug, Clone)]
+pub struct QemuBackend {
+    plan: Plan,
+    vsock_backend: PathBuf,
+    tsc_khz: Option<u64>,
+}
+
+impl QemuBackend {
+    /// Resolves the tools the back end needs on the host described by `paths`.
+    pub fn new(plan: Plan, paths: &HostPaths) -> Result<Self, VmError> {
+        let vsock_backend =
+            host_probe::find_program(&paths.vsock_backend).ok_or(VmError::ToolMissing {
+                what: "the vhost-user vsock back end",
+                path: paths.vsock_backend.clone(),
+                fix: "install it with `cargo install --locked vhost-device-vsock`",
+            })?;
+        Ok(Self {
+            plan,
+            vsock_backend,
+            tsc_khz: host_probe::tsc_khz(paths),
+        })
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+}
+
+/// QEMU and its vsock back end, for one VM.
+#[derive(Debug)]
+struct QemuMachine {
+    qemu: ChildProcess,
+    vsock: ChildProcess,
+    qmp: PathBuf,
+    qemu_log: PathBuf,
+}
+
+impl Machine for QemuMachine {
+    fn main_process(&mut self) -> &mut ChildProcess {
+        &mut self.qemu
+    }
+
+    fn pause(&mut self) -> Result<(), VmError> {
+        qmp::execute(&self.qmp, "stop", QMP_TIMEOUT).map_err(|detail| VmError::BackendFailed {
+            what: "QMP stop",
+            detail,
+        })
+    }
+
+    fn resume(&mut self) -> Result<(), VmError> {
+        qmp::execute(&self.qmp, "cont", QMP_TIMEOUT).map_err(|detail| VmError::BackendFailed {
+            what: "QMP cont",
+            detail,
+        })
+    }
+
+    fn kill(&mut self) {
+        self.qemu.kill();
+        self.vsock.kill();
+    }
+
+    fn diagnostics(&self) -> Option<String> {
+        let len = std::fs::metadata(&self.qemu_log)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        (len > 0).then(|| log_tail(&self.qemu_log))
+    }
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(10).collect();
+    let tail: Vec<&str> = lines.into_iter().rev().collect();
+    format!("{} (log: {})", tail.join(" / "), path.display())
+}
+
+fn log_file(path: &Path) -> Result<std::fs::File, VmError> {
+    std::fs::File::create(path).map_err(VmError::io(format!("creating {}", path.display())))
+}
+
+/// Waits until the back end's socket exists, failing early if the back end dies.
+fn wait_for_socket(backend: &mut ChildProcess, socket: &Path, log: &Path) -> Result<(), VmError> {
+    let deadline = Instant::now() + BACKEND_START;
+    loop {
+        if socket.exists() {
+            return Ok(());
+        }
+        if backend.try_status().is_some() {
+            return Err(VmError::BackendFailed {
+                what: "vhost-device-vsock",
+                detail: log_tail(log),
+            });
+        }
+        if Instant::now() >= deadline {
+            return Err(VmError::BackendFailed {
+                what: "vhost-device-vsock",
+                detail: format!(
+                    "no socket at {} after {BACKEND_START:?}; {}",
+                    socket.display(),
+                    log_tail(log)
+                ),
+            });
+        }
+        // The socket appears within milliseconds; its exit is watched through the pidfd.
+        backend.wait_timeout(Duration::from_millis(2));
+    }
+}
+
+impl Hypervisor for QemuBackend {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn describe(&self) -> String {
+        format!("qemu ({}): {}", self.plan.accel.name(), self.plan.reason)
+    }
+
+    fn boot(&self, config: &VmConfig) -> Result<Vm, VmError> {
+        boot_files::check_kernel(&config.kernel)?;
+        boot_files::check_initrd(&config.initrd)?;
+
+        let run_dir = config.run_dir();
+        let log_dir = config.log_dir();
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.run_root)
+            .map_err(VmError::io(format!(
+                "creating {}",
+                config.run_root.display()
+            )))?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&run_dir)
+            .map_err(VmError::io(format!(
+                "creating the VM directory {}",
+                run_dir.display()
+            )))?;
+        // From here on, the guard removes the directory on every early return.
+        let guard = RunDirGuard(Some(run_dir.clone()));
+        std::fs::create_dir_all(&log_dir)
+            .map_err(VmError::io(format!("creating {}", log_dir.display())))?;
+
+        let vsock_path = run_dir.join("vsock.sock");
+        let vhost_socket = run_dir.join("vhost-vsock.sock");
+        let qmp_socket = run_dir.join("qmp.sock");
+        let init_listener = UnixListener::bind(listener_path(&vsock_path, INIT_PORT))
+            .map_err(VmError::io("binding the init channel listener"))?;
+
+        let vsock_log = log_dir.join("vsock-backend.log");
+        let mut vm_arg = std::ffi::OsString::from(format!("guest-cid={GUEST_CID},socket="));
+        vm_arg.push(&vhost_socket);
+        vm_arg.push(",uds-path=");
+        vm_arg.push(&vsock_path);
+        let child = Command::new(&self.vsock_backend)
+            .arg("--vm")
+            .arg(vm_arg)
+            .stdin(Stdio::null())
+            .stdout(log_file(&vsock_log)?)
+            .stderr(log_file(&vsock_log)?)
+            .spawn()
+            .map_err(|source| VmError::Spawn {
+                what: "vhost-device-vsock",
+                source,
+            })?;
+        let mut vsock =
+            ChildProcess::new("vhost-device-vsock", child).map_err(|source| VmError::Spawn {
+                what: "vhost-device-vsock",
+                source,
+            })?;
+        wait_for_socket(&mut vsock, &vhost_socket, &vsock_log)?;
+
+        let cmdline = kernel_cmdline(
+            if config.icount { None } else { self.tsc_khz },
+            &config.extra_cmdline,
+        );
+        let args = cmdline::QemuArgs {
+            name: &config.id,
+            accel: self.plan.accel,
+            icount: config.icount,
+            memory_mib: config.memory_mib,
+            vcpus: config.vcpus,
+            kernel: &config.kernel,
+            initrd: &config.initrd,
+            cmdline: &cmdline,
+            vhost_vsock_socket: &vhost_socket,
+            qmp_socket: &qmp_socket,
+        };
+        let qemu_log = log_dir.join("qemu.log");
+        let launched_at = Instant::now();
+        let mut child = Command::new(&self.plan.qemu)
+            .args(cmdline::argv(&args))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log_file(&qemu_log)?)
+            .spawn()
+            .map_err(|source| VmError::Spawn {
+                what: "qemu-system-x86_64",
+                source,
+            })?;
+        let stdout = child.stdout.take();
+        let stdin = child.stdin.take();
+        let qemu = ChildProcess::new("qemu", child).map_err(|source| VmError::Spawn {
+            what: "qemu",
+            source,
+        })?;
+        let serial = Serial::start(
+            stdout
+                .ok_or_else(|| VmError::io("qemu stdout")(std::io::ErrorKind::BrokenPipe.into()))?,
+            stdin.map(|s| Box::new(s) as Box<dyn std::io::Write + Send>),
+            &log_dir.join("serial.log"),
+        )
+        .map_err(VmError::io("starting the serial console reader"))?;
+        tracing::debug!(vm = %config.id, qemu = qemu.pid(), backend = vsock.pid(), "VM launched");
+
+        Ok(Vm::from_parts(VmParts {
+            id: config.id.clone(),
+            machine: Box::new(QemuMachine {
+                qemu,
+                vsock,
+                qmp: qmp_socket,
+                qemu_log,
+            }),
+            serial,
+            run_dir: guard.disarm(),
+            vsock_path,
+            log_dir,
+            launched_at,
+            init_listener,
+        }))
+    }
+}
+
+/// Removes a half-built VM's directory if boot fails before the [`Vm`] takes it over.
+struct RunDirGuard(Option<PathBuf>);
+
+impl RunDirGuard {
+    fn disarm(mut self) -> PathBuf {
+        self.0.take().unwrap_or_default()
+    }
+}
+
+impl Drop for RunDirGuard {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! A running VM, whatever back end started it: its serial console, its hybrid vsock socket,
+//! husk-init's control channel, boot timing, shutdown, and cleanup.
+//!
+//! Owns everything a VM holds on the host. Dropping a [`Vm`] kills and reaps every process the
+//! back end started and removes the VM's socket directory, so nothing outlives it. Must never
+//! trust the guest: frames are bounded, the protocol version is checked, and a guest that never
+//! answers is a timeout with its last serial lines, not a hang.
+
+use std::os::fd::AsFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use husk_protocols::frame::{read_frame, write_frame, FrameError};
+use husk_protocols::init::{self, GuestMessage, HostMessage, Ready};
+use husk_protocols::ports;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use crate::error::VmError;
+use crate::serial::Serial;
+
+/// Lines of serial output quoted in errors.
+pub const ERROR_LINES: usize = 15;
+
+/// Back-end specific processes of a running VM.
+pub trait Machine: std::fmt::Debug + Send {
+    /// The process whose exit means the VM has ended.
+    fn main_process(&mut self) -> &mut crate::process::ChildProcess;
+    /// Pauses the vCPUs.
+    fn pause(&mut self) -> Result<(), VmError>;
+    /// Resumes the vCPUs.
+    fn resume(&mut self) -> Result<(), VmError>;
+    /// Kills and reaps every process of the VM.
+    fn kill(&mut self);
+    /// The tail of the back end's own log, if it wrote anything (for error reports).
+    fn diagnostics(&self) -> Option<String>;
+}
+
+/// Timings and facts from one boot.
+#[derive(Debug, Clone)]
+pub struct BootReport {
+    /// Launch → first byte on the serial console.
+    pub first_serial: Option<Duration>,
+    /// Launch → husk-init's readiness message.
+    pub ready: Duration,
+    /// The guest's own uptime when it sent readiness.
+    pub guest_uptime: Duration,
+    pub init: Ready,
+}
+
+/// How a VM ended.
+#[derive(Debug, Clone)]
+pub struct ExitReport {
+    pub status: String,
+    /// Request → VM gone.
+    pub took: Duration,
+}
+
+/// The VM's socket directory, removed with everything in it when dropped.
+#[derive(Debug)]
+struct RunDir(PathBuf);
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running VM.
+#[derive(Debug)]
+pub struct Vm {
+    id: String,
+    machine: Box<dyn Machine>,
+    serial: Serial,
+    vsock_path: PathBuf,
+    log_dir: PathBuf,
+    launched_at: Instant,
+    init_listener: Option<UnixListener>,
+    control: Option<UnixStream>,
+    events: Option<JoinHandle<()>>,
+    ready: Option<BootReport>,
+    // Dropped last: sockets go only after every process using them is gone.
+    _run_dir: RunDir,
+}
+
+/// The pieces a back end hands over once its processes run.
+#[derive(Debug)]
+pub struct VmParts {
+    pub id: String,
+    pub machine: Box<dyn Machine>,
+    pub serial: Serial,
+    pub run_dir: PathBuf,
+    pub vsock_path: PathBuf,
+    pub log_dir: PathBuf,
+    pub launched_at: Instant,
+    /// Bound before launch at `<vsock_path>_<INIT_PORT>`.
+    pub init_listener: UnixListener,
+}
+
+fn exit_string(s: Option<ExitStatus>) -> String {
+    s.map(|s| s.to_string())
+        .unwrap_or_else(|| "unknown status".into())
+}
+
+impl Vm {
+    pub fn from_parts(p: VmParts) -> Self {
+        Self {
+            id: p.id,
+            machine: p.machine,
+            serial: p.serial,
+            vsock_path: p.vsock_path,
+            log_dir: p.log_dir,
+            launched_at: p.launched_at,
+            init_listener: Some(p.init_listener),
+            control: None,
+            events: None,
+            ready: None,
+            _run_dir: RunDir(p.run_dir),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The hybrid vsock socket (`CONNECT <port>`).
+    pub fn vsock_path(&self) -> &Path {
+        &self.vsock_path
+    }
+
+    /// Where this VM's logs (serial, back end) are kept.
+    pub fn log_dir(&self) -> &Path {
+        &self.log_dir
+    }
+
+    /// When the back end launched the VM's process.
+    pub fn launched_at(&self) -> Instant {
+        self.launched_at
+    }
+
+    pub fn serial(&self) -> &Serial {
+        &self.serial
+    }
+
+    /// Opens a stream to a guest vsock port.
+    pub fn connect(&self, port: u32, timeout: Duration) -> Result<UnixStream, VmError> {
+        Ok(crate::vsock::connect(&self.vsock_path, port, timeout)?)
+    }
+
+    /// The error that explains an ended VM: a panic, or an exit.
+    fn ended(&mut self) -> VmError {
+        let status = self.machine.main_process().try_status();
+        // The console closes when the process exits; give the reader a moment to drain it.
+        self.serial.wait_closed(Duration::from_secs(2));
+        let last_lines = self.serial.last_lines(ERROR_LINES);
+        match self.serial.panic_line() {
+            Some(message) => VmError::GuestPanicked {
+                message,
+                last_lines,
+            },
+            None => VmError::GuestExited {
+                status: exit_string(status),
+                backend_log: self.machine.diagnostics(),
+                last_lines,
+            },
+        }
+    }
+
+    /// Waits for husk-init's readiness message, the VM's exit, or the timeout.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<BootReport, VmError> {
+        if let Some(r) = &self.ready {
+            return Ok(r.clone());
+        }
+        let deadline = Instant::now() + timeout;
+        let listener = self.init_listener.take().ok_or_else(|| VmError::Protocol {
+            detail: "the init channel was already consumed".into(),
+        })?;
+        let stream = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(VmError::NotReady {
+                    timeout,
+                    last_lines: self.serial.last_lines(ERROR_LINES),
+                });
+            }
+            let (conn_ready, exited) = {
+                let main = self.machine.main_process();
+                let mut fds = [
+                    PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(main.pidfd(), PollFlags::POLLIN),
+                ];
+                match poll(
+                    &mut fds,
+                    PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX),
+                ) {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => return Err(VmError::io("waiting for the guest")(e.into())),
+                }
+                let has = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+                (has(&fds[0]), has(&fds[1]))
+            };
+            if conn_ready {
+                let (s, _) = listener
+                    .accept()
+                    .map_err(VmError::io("accepting the guest's init connection"))?;
+                break s;
+            }
+            if exited {
+                return Err(self.ended());
+            }
+        };
+        // The listener is no longer needed: later connections to the init port are refused.
+        drop(listener);
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        stream
+            .set_read_timeout(Some(left))
+            .map_err(VmError::io("init channel"))?;
+        let mut reader = &stream;
+        let ready = loop {
+            match read_frame::<_, GuestMessage>(&mut reader) {
+                Ok(GuestMessage::Ready(r)) => break r,
+                Ok(other) => tracing::debug!(vm = %self.id, ?other, "init message before ready"),
+                Err(FrameError::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(VmError::NotReady {
+                        timeout,
+                        last_lines: self.serial.last_lines(ERROR_LINES),
+                    })
+                }
+                Err(FrameError::Closed) => {
+                    if self
+                        .machine
+                        .main_process()
+                        .wait_timeout(Duration::from_secs(2))
+                        .is_some()
+                    {
+                        return Err(self.ended());
+                    }
+                    return Err(VmError::Protocol {
+                        detail: "the guest closed the init channel before ready".into(),
+                    });
+                }
+                Err(e) => {
+                    return Err(VmError::Protocol {
+                        detail: format!("bad readiness message: {e}"),
+                    })
+                }
+            }
+        };
+        let ready_at = Instant::now();
+        if init::major_of(&ready.protocol) != Some(init::MAJOR) {
+            return Err(VmError::VersionMismatch {
+                guest: ready.protocol,
+                host: init::PROTOCOL.into(),
+            });
+        }
+        stream
+            .set_read_timeout(None)
+            .map_err(VmError::io("init channel"))?;
+        self.events = Some(spawn_event_reader(&self.id, &stream)?);
+        self.control = Some(stream);
+        let report = BootReport {
+            first_serial: self
+                .serial
+                .first_byte_at()
+                .map(|t| t.saturating_duration_since(self.launched_at)),
+            ready: ready_at.saturating_duration_since(self.launched_at),
+            guest_uptime: Duration::from_nanos(ready.uptime_ns),
+            init: ready,
+        };
+        self.ready = Some(report.clone());
+        Ok(report)
+    }
+
+    /// Asks husk-init to stop everything and leave; waits up to `timeout` for the VM to end.
+    /// A guest that does not leave in time is killed and reported as such.
+    pub fn shutdown(&mut self, timeout: Duration) -> Result<ExitReport, VmError> {
+        let start = Instant::now();
+        let Some(control) = self.control.as_mut() else {
+            self.machine.kill();
+            return Err(VmError::Protocol {
+                detail: "the guest never reported ready; the VM was killed".into(),
+            });
+        };
+        let msg = HostMessage::Shutdown {
+            reason: "requested by the host".into(),
+        };
+        if let Err(e) = write_frame(control, &msg) {
+            tracing::warn!(vm = %self.id, error = %e, "cannot send shutdown; killing the VM");
+        }
+        match self.machine.main_process().wait_timeout(timeout) {
+            Some(status) => {
+                self.machine.kill();
+                Ok(ExitReport {
+                    status: status.to_string(),
+                    took: start.elapsed(),
+                })
+            }
+            None => {
+                self.machine.kill();
+                Err(VmError::ShutdownTimeout { timeout })
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for the VM to end by itself; returns how it ended.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<String> {
+        self.machine
+            .main_process()
+            .wait_timeout(timeout)
+            .map(|s| s.to_string())
+    }
+
+    /// The error describing why the VM ended, once it has (panic or exit, with serial lines).
+    pub fn exit_error(&mut self) -> VmError {
+        self.ended()
+    }
+
+    pub fn pause(&mut self) -> Result<(), VmError> {
+        self.machine.pause()
+    }
+
+    pub fn resume(&mut self) -> Result<(), VmError> {
+        self.machine.resume()
+    }
+
+    /// Kills the VM at once.
+    pub fn kill(&mut self) {
+        self.machine.kill();
+    }
+}
+
+/// Drains guest events (service exits, shutdown notices) into the log until the stream ends,
+/// so the guest never blocks on a full channel.
+fn spawn_event_reader(id: &str, stream: &UnixStream) -> Result<JoinHandle<()>, VmError> {
+    let mut reader = stream.try_clone().map_err(VmError::io("init channel"))?;
+    let id = id.to_owned();
+    std::thread::Builder::new()
+        .name("init-events".into())
+        .spawn(move || loop {
+            match read_frame::<_, GuestMessage>(&mut reader) {
+                Ok(GuestMessage::ServiceExited { name, status, restart_in_ms }) => {
+                    tracing::warn!(vm = %id, service = %name, %status, restart_in_ms, "guest service exited")
+                }
+                Ok(GuestMessage::ShuttingDown { reason }) => {
+                    tracing::info!(vm = %id, %reason, "guest shutting down")
+                }
+                Ok(other) => tracing::debug!(vm = %id, ?other, "guest event"),
+                Err(FrameError::Closed) => return,
+                Err(e) => {
+                    tracing::warn!(vm = %id, error = %e, "init channel broken");
+                    return;
+                }
+            }
+        })
+        .map_err(VmError::io("starting the init event reader"))
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.machine.kill();
+        if let Some(c) = self.control.take() {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+        if let Some(t) = self.events.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The host listener path for guest connections to `port`.
+pub fn listener_path(vsock_path: &Path, port: u32) -> PathBuf {
+    ports::host_listener_path(vsock_path, port)
+}

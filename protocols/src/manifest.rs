@@ -1,0 +1,113 @@
+//! The guest image manifest: written by the image builder (rootfs/), read by husk-init and by
+//! the host. It names the image's build id, flavour, component versions and the services init
+//! supervises. This module defines the schema only; it never reads or writes files.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Where the manifest lives inside the guest image.
+pub const MANIFEST_PATH: &str = "/etc/husk/manifest.json";
+
+/// Current manifest schema version.
+pub const SCHEMA: u32 = 1;
+
+/// The manifest document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageManifest {
+    /// Schema version, [`SCHEMA`].
+    pub schema: u32,
+    /// Content hash of the image (hex), identical for identical inputs.
+    pub build_id: String,
+    /// `default` or `debug`.
+    pub flavour: String,
+    /// Component name → version (husk-init, busybox, …).
+    #[serde(default)]
+    pub components: BTreeMap<String, String>,
+    /// Services husk-init starts and restarts, in start order.
+    #[serde(default)]
+    pub services: Vec<ServiceSpec>,
+}
+
+/// One supervised service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    /// Short name used in logs and events.
+    pub name: String,
+    /// Program and arguments; `argv[0]` is an absolute path inside the image.
+    pub argv: Vec<String>,
+    /// `KEY=VALUE` environment entries (nothing else is inherited).
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Where the service's standard streams go.
+    #[serde(default)]
+    pub stdio: ServiceStdio,
+}
+
+/// Standard streams of a service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceStdio {
+    /// stdin from /dev/null, stdout and stderr to the console (the default).
+    #[default]
+    Log,
+    /// An interactive session on the console: new session, console as controlling terminal.
+    Console,
+}
+
+impl ServiceSpec {
+    /// Checks what init relies on: a usable name and an absolute program path.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name.is_empty()
+            || self.name.len() > 64
+            || !self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(format!(
+                "service name {:?} must be 1-64 of [A-Za-z0-9_-]",
+                self.name
+            ));
+        }
+        match self.argv.first() {
+            Some(p) if p.starts_with('/') => Ok(()),
+            _ => Err(format!(
+                "service {}: argv[0] must be an absolute path",
+                self.name
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(name: &str, argv: &[&str]) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            env: vec![],
+            stdio: ServiceStdio::Log,
+        }
+    }
+
+    #[test]
+    fn service_validation() {
+        assert!(svc("agent", &["/bin/husk-agent"]).validate().is_ok());
+        assert!(svc("", &["/x"]).validate().is_err());
+        assert!(svc("a b", &["/x"]).validate().is_err());
+        assert!(svc("a", &["rel"]).validate().is_err());
+        assert!(svc("a", &[]).validate().is_err());
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let m: ImageManifest =
+            serde_json::from_str(r#"{"schema":1,"build_id":"x","flavour":"default"}"#).unwrap();
+        assert!(m.services.is_empty());
+        let s: ServiceSpec = serde_json::from_str(r#"{"name":"a","argv":["/a"]}"#).unwrap();
+        assert_eq!(s.stdio, ServiceStdio::Log);
+    }
+}

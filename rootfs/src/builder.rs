@@ -1,0 +1,266 @@
+//! Assembles a guest image from its inputs: the skeleton, husk-init as `/init`, the flavour's
+//! extras, the manifest; then writes the archive atomically with its manifest beside it.
+//!
+//! Owns what goes into each flavour. Must never embed anything that varies between runs of the
+//! same inputs (times, host names, absolute host paths), so the build id is a content hash.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use husk_protocols::manifest::{ImageManifest, ServiceSpec, ServiceStdio, MANIFEST_PATH, SCHEMA};
+use sha2::Digest;
+
+use crate::elf::{check_static_x86_64, ElfError};
+use crate::tree::Tree;
+
+/// Image flavours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    /// husk-init and the services it runs; nothing else.
+    Default,
+    /// Adds busybox, its applet links and a shell on the serial console.
+    Debug,
+}
+
+impl Flavour {
+    pub fn name(self) -> &'static str {
+        match self {
+            Flavour::Default => "default",
+            Flavour::Debug => "debug",
+        }
+    }
+}
+
+/// Inputs of one image build.
+#[derive(Debug, Clone)]
+pub struct ImageSpec {
+    pub flavour: Flavour,
+    /// Statically linked husk-init.
+    pub init: PathBuf,
+    /// Statically linked busybox (debug flavour only).
+    pub busybox: PathBuf,
+    /// Extra services, started after the flavour's own.
+    pub services: Vec<ServiceSpec>,
+    /// Where to write the archive.
+    pub output: PathBuf,
+}
+
+/// What a build produced.
+#[derive(Debug, Clone)]
+pub struct BuildReport {
+    pub output: PathBuf,
+    pub manifest_path: PathBuf,
+    pub manifest: ImageManifest,
+    pub bytes: u64,
+    pub entries: usize,
+}
+
+/// Why an image could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("cannot read {what} at {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what} at {path} cannot run in the guest: {source}; {fix}")]
+    Unusable {
+        what: &'static str,
+        path: PathBuf,
+        source: ElfError,
+        fix: &'static str,
+    },
+    #[error("cannot run {path} to ask its version: {detail}")]
+    Version { path: PathBuf, detail: String },
+    #[error("invalid service: {0}")]
+    Service(String),
+    #[error("cannot write the image to {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+const INIT_FIX: &str = "build it with `cargo build --release -p husk-init --target x86_64-unknown-linux-gnu` and RUSTFLAGS='-C target-feature=+crt-static'";
+const BUSYBOX_FIX: &str =
+    "install Debian's busybox-static package (`apt-get install busybox-static`)";
+
+fn read_static(what: &'static str, path: &Path, fix: &'static str) -> Result<Vec<u8>, ImageError> {
+    let data = std::fs::read(path).map_err(|source| ImageError::Read {
+        what,
+        path: path.into(),
+        source,
+    })?;
+    check_static_x86_64(&data).map_err(|source| ImageError::Unusable {
+        what,
+        path: path.into(),
+        source,
+        fix,
+    })?;
+    Ok(data)
+}
+
+/// First line a program prints for `args`, e.g. its version banner.
+fn first_line(path: &Path, args: &[&str]) -> Result<String, ImageError> {
+    let out = Command::new(path)
+        .args(args)
+        .output()
+        .map_err(|e| ImageError::Version {
+            path: path.into(),
+            detail: e.to_string(),
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .next()
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .ok_or_else(|| ImageError::Version {
+            path: path.into(),
+            detail: format!("no output ({})", out.status),
+        })
+}
+
+fn skeleton(t: &mut Tree) {
+    for d in [
+        "bin", "sbin", "usr/bin", "usr/sbin", "etc/husk", "proc", "sys", "dev", "run", "var",
+        "mnt", "root",
+    ] {
+        t.dir(d, 0o755);
+    }
+    t.dir("tmp", 0o1777);
+    t.dir("root", 0o700);
+    // The kernel opens /dev/console for init's stdio before devtmpfs is mounted.
+    t.char_dev("dev/console", 0o600, 5, 1);
+    t.char_dev("dev/null", 0o666, 1, 3);
+}
+
+fn add_busybox(
+    t: &mut Tree,
+    busybox: &Path,
+    components: &mut BTreeMap<String, String>,
+) -> Result<(), ImageError> {
+    let data = read_static("busybox", busybox, BUSYBOX_FIX)?;
+    let banner = first_line(busybox, &[])?;
+    components.insert(
+        "busybox".into(),
+        banner
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or(&banner)
+            .to_owned(),
+    );
+    let list = Command::new(busybox)
+        .arg("--list-full")
+        .output()
+        .map_err(|e| ImageError::Version {
+            path: busybox.into(),
+            detail: e.to_string(),
+        })?;
+    t.file("bin/busybox", 0o755, data);
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let applet = applet.trim();
+        // Only plain relative paths such as `usr/bin/awk`; never anything that climbs out.
+        if applet.is_empty()
+            || applet == "bin/busybox"
+            || applet.split('/').any(|p| p == ".." || p.is_empty())
+        {
+            continue;
+        }
+        t.symlink(applet, "/bin/busybox");
+    }
+    Ok(())
+}
+
+fn debug_shell() -> ServiceSpec {
+    ServiceSpec {
+        name: "console-shell".into(),
+        argv: vec!["/bin/sh".into()],
+        env: vec![
+            "PATH=/bin:/sbin:/usr/bin:/usr/sbin".into(),
+            "HOME=/root".into(),
+            "TERM=linux".into(),
+            "PS1=husk# ".into(),
+        ],
+        stdio: ServiceStdio::Console,
+    }
+}
+
+/// Path of the manifest written beside an image.
+pub fn manifest_path_for(image: &Path) -> PathBuf {
+    let mut s = image.as_os_str().to_owned();
+    s.push(".manifest.json");
+    s.into()
+}
+
+/// Builds the image described by `spec`.
+pub fn build(spec: &ImageSpec) -> Result<BuildReport, ImageError> {
+    let mut tree = Tree::default();
+    skeleton(&mut tree);
+    let mut components = BTreeMap::new();
+
+    let init = read_static("husk-init", &spec.init, INIT_FIX)?;
+    let init_version = first_line(&spec.init, &["--version"])?;
+    components.insert(
+        "husk-init".into(),
+        init_version.trim_start_matches("husk-init ").to_owned(),
+    );
+    tree.file("init", 0o755, init);
+
+    let mut services = Vec::new();
+    if spec.flavour == Flavour::Debug {
+        add_busybox(&mut tree, &spec.busybox, &mut components)?;
+        services.push(debug_shell());
+    }
+    services.extend(spec.services.iter().cloned());
+    for s in &services {
+        s.validate().map_err(ImageError::Service)?;
+    }
+
+    let mut manifest = ImageManifest {
+        schema: SCHEMA,
+        build_id: String::new(),
+        flavour: spec.flavour.name().into(),
+        components,
+        services,
+    };
+    let mut h = tree.digest();
+    h.update(serde_json::to_vec(&manifest).unwrap_or_default());
+    manifest.build_id = hex(&h.finalize()[..16]);
+    let manifest_json = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
+    tree.file(MANIFEST_PATH, 0o644, manifest_json.clone());
+
+    let write_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| ImageError::Write { path, source }
+    };
+    if let Some(dir) = spec.output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(write_err(dir))?;
+    }
+    let bytes = tree
+        .write_cpio(Vec::new())
+        .map_err(write_err(&spec.output))?;
+    let manifest_path = manifest_path_for(&spec.output);
+    atomic_write(&spec.output, &bytes).map_err(write_err(&spec.output))?;
+    atomic_write(&manifest_path, &manifest_json).map_err(write_err(&manifest_path))?;
+    Ok(BuildReport {
+        output: spec.output.clone(),
+        manifest_path,
+        manifest,
+        bytes: bytes.len() as u64,
+        entries: tree.len(),
+    })
+}
+
+/// Writes through a temporary file and a rename, so a reader never sees half an image.
+fn atomic_write(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
