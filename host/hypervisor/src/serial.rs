@@ -231,7 +231,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("serial.log");
         let text = b"hello\r\nKernel panic - not syncing: Attempted to kill init!\nlast".to_vec();
-        let s = Serial::start(std::io::Cursor::new(text), None, &log).unwrap();
+        let s = Serial::start(io::Cursor::new(text), None, &log).unwrap();
         assert!(s.wait_closed(Duration::from_secs(5)));
         assert!(s.first_byte_at().is_some());
         assert_eq!(

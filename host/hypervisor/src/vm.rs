@@ -34,6 +34,8 @@ pub trait Machine: std::fmt::Debug + Send {
     fn resume(&mut self) -> Result<(), VmError>;
     /// Kills and reaps every process of the VM.
     fn kill(&mut self);
+    /// Pids of every process the back end started for this VM.
+    fn pids(&self) -> Vec<u32>;
     /// The tail of the back end's own log, if it wrote anything (for error reports).
     fn diagnostics(&self) -> Option<String>;
 }
@@ -133,6 +135,16 @@ impl Vm {
     /// Where this VM's logs (serial, back end) are kept.
     pub fn log_dir(&self) -> &Path {
         &self.log_dir
+    }
+
+    /// The VM's socket directory (removed when the VM is dropped).
+    pub fn run_dir(&self) -> &Path {
+        &self._run_dir.0
+    }
+
+    /// Pids of the VM's host processes (for leak checks and diagnostics).
+    pub fn pids(&self) -> Vec<u32> {
+        self.machine.pids()
     }
 
     /// When the back end launched the VM's process.

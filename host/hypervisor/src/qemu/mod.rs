@@ -95,6 +95,10 @@ impl Machine for QemuMachine {
         self.vsock.kill();
     }
 
+    fn pids(&self) -> Vec<u32> {
+        vec![self.qemu.pid(), self.vsock.pid()]
+    }
+
     fn diagnostics(&self) -> Option<String> {
         let len = std::fs::metadata(&self.qemu_log)
             .map(|m| m.len())

@@ -1,0 +1,155 @@
+//! Booting husk's own guest end to end: readiness over vsock, the debug console, supervised
+//! services, vsock errors, pause and resume. Every test ends by checking nothing is left.
+
+use std::time::Duration;
+
+use husk_e2e::{init_binary, manifest_of, Harness, SHUTDOWN_TIMEOUT};
+use husk_hypervisor::vsock::VsockError;
+use husk_hypervisor::VmError;
+use husk_image::{Flavour, ImageSpec};
+use husk_protocols::init::PROTOCOL;
+use husk_protocols::manifest::{ServiceSpec, ServiceStdio};
+
+const CONSOLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[test]
+fn auto_boot_reports_ready_over_vsock_with_the_manifest_build_id() {
+    let h = Harness::new();
+    let image = h.image("default");
+    let (mut vm, report) = h.boot_ready(&h.config(&image));
+
+    assert_eq!(report.init.build_id, manifest_of(&image).build_id);
+    assert_eq!(report.init.protocol, PROTOCOL);
+    assert_eq!(report.init.flavour, "default");
+    assert!(
+        report.init.kernel_release.starts_with("6.1"),
+        "{}",
+        report.init.kernel_release
+    );
+    assert!(
+        report.init.entropy_seeded,
+        "virtio-rng seed was not credited"
+    );
+    assert!(report.guest_uptime > Duration::ZERO && report.guest_uptime < report.ready);
+    assert!(report.first_serial.is_some_and(|f| f <= report.ready));
+
+    let exit = vm.shutdown(SHUTDOWN_TIMEOUT).expect("clean shutdown");
+    assert!(exit.status.contains("exit status: 0"), "{}", exit.status);
+    let log = std::fs::read_to_string(vm.log_dir().join("serial.log")).unwrap();
+    assert!(log.contains("syncing and leaving the VM"), "{log}");
+    h.finish(vm);
+}
+
+/// Types `command` into the debug shell and returns the first output line starting with `tag`.
+fn console_run(vm: &husk_hypervisor::Vm, command: &str, tag: &str) -> String {
+    let mark = vm.serial().mark();
+    vm.serial()
+        .write(format!("{command}\n").as_bytes())
+        .expect("console input");
+    // The tty echoes the command itself; the answer is the line that starts with the tag.
+    vm.serial()
+        .wait_for_line(mark, CONSOLE_TIMEOUT, |l| l.trim_start().starts_with(tag))
+        .unwrap_or_else(|e| panic!("{command}: {e}; console: {:?}", vm.serial().last_lines(20)))
+}
+
+#[test]
+fn debug_image_runs_commands_on_the_serial_console() {
+    let h = Harness::new();
+    let mut config = h.config(&h.image("debug"));
+    config.extra_cmdline.push("husk.hostname=e2e-host".into());
+    let (mut vm, report) = h.boot_ready(&config);
+    assert_eq!(report.init.flavour, "debug");
+    assert_eq!(report.init.services, ["console-shell"]);
+
+    let answer = console_run(&vm, "echo \"R:$((6*7))\"", "R:");
+    assert_eq!(answer.trim(), "R:42");
+    let host = console_run(&vm, "echo \"H:$(hostname)\"", "H:");
+    assert_eq!(host.trim(), "H:e2e-host");
+    let mounts = console_run(
+        &vm,
+        "echo \"M:$(cut -d' ' -f2,3 /proc/mounts | tr '\\n' ,)\"",
+        "M:",
+    );
+    for m in [
+        "/proc proc",
+        "/sys sysfs",
+        "/dev devtmpfs",
+        "/dev/pts devpts",
+        "/dev/shm tmpfs",
+        "/run tmpfs",
+        "/sys/fs/cgroup cgroup2",
+    ] {
+        assert!(mounts.contains(m), "{m} not mounted: {mounts}");
+    }
+    let pid1 = console_run(&vm, "echo \"P:$(cat /proc/1/comm)\"", "P:");
+    assert_eq!(
+        pid1.trim(),
+        "P:init",
+        "PID 1 is husk-init, installed as /init"
+    );
+
+    vm.shutdown(SHUTDOWN_TIMEOUT)
+        .expect("clean shutdown with a shell running");
+    h.finish(vm);
+}
+
+#[test]
+fn a_service_that_dies_is_restarted_with_back_off() {
+    let h = Harness::new();
+    let image = h.scratch().join("flaky.cpio");
+    husk_image::build(&ImageSpec {
+        flavour: Flavour::Debug,
+        init: init_binary(),
+        busybox: "/bin/busybox".into(),
+        services: vec![ServiceSpec {
+            name: "flaky".into(),
+            argv: vec!["/bin/false".into()],
+            env: vec![],
+            stdio: ServiceStdio::Log,
+        }],
+        output: image.clone(),
+    })
+    .expect("image build");
+    let (mut vm, report) = h.boot_ready(&h.config(&image));
+    assert!(report.init.services.contains(&"flaky".to_owned()));
+    let exited = |delay: &'static str| {
+        move |l: &str| {
+            l.contains("service exited") && l.contains("service=flaky") && l.contains(delay)
+        }
+    };
+    // Each quick death doubles the delay: 100 ms, 200 ms, 400 ms.
+    for delay in [
+        "restart_in_ms=100",
+        "restart_in_ms=200",
+        "restart_in_ms=400",
+    ] {
+        vm.serial()
+            .wait_for_line(0, CONSOLE_TIMEOUT, exited(delay))
+            .unwrap_or_else(|e| panic!("{delay}: {e}; console: {:?}", vm.serial().last_lines(20)));
+    }
+    vm.shutdown(SHUTDOWN_TIMEOUT).expect("clean shutdown");
+    h.finish(vm);
+}
+
+#[test]
+fn vsock_to_a_port_nobody_listens_on_is_a_clear_error_and_pause_resume_work() {
+    let h = Harness::new();
+    let (mut vm, _) = h.boot_ready(&h.config(&h.image("default")));
+
+    let err = vm.connect(4242, Duration::from_secs(30)).unwrap_err();
+    assert!(
+        matches!(err, VmError::Vsock(VsockError::NoListener { port: 4242 })),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("nobody listens on guest vsock port 4242"),
+        "{err}"
+    );
+
+    vm.pause().expect("pause");
+    vm.resume().expect("resume");
+    vm.shutdown(SHUTDOWN_TIMEOUT)
+        .expect("clean shutdown after pause/resume");
+    h.finish(vm);
+}

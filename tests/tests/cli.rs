@@ -1,0 +1,136 @@
+//! The `husk` CLI as people and scripts use it: `check`, `vm boot`, `image build`, exit codes.
+
+use husk_e2e::{init_binary, Harness};
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn husk_check_explains_what_auto_uses() {
+    let h = Harness::new();
+    let out = h.husk().arg("check").output().unwrap();
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("auto uses") && stdout.contains("qemu ("),
+        "{stdout}"
+    );
+    assert!(stdout.contains("husk can run VMs on this host"), "{stdout}");
+
+    let json = h.husk().args(["check", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("check --json");
+    assert_eq!(v["can_run"], true);
+}
+
+#[test]
+fn husk_check_without_qemu_says_how_to_install_it() {
+    let h = Harness::new();
+    let out = h
+        .husk()
+        .arg("check")
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    assert!(
+        stdout.contains("apt-get install qemu-system-x86"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("cargo install --locked vhost-device-vsock"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn husk_vm_boot_prints_a_boot_report_and_cleans_up() {
+    let h = Harness::new();
+    let build_id = husk_e2e::manifest_of(&h.image("default")).build_id;
+    let out = h.husk().args(["vm", "boot"]).output().unwrap();
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    for want in [
+        "launch → first serial byte",
+        "launch → init ready",
+        "guest uptime at ready",
+        "shutdown",
+        &build_id,
+    ] {
+        assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
+    }
+    let left: Vec<_> = std::fs::read_dir(h.run_root()).unwrap().flatten().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn husk_vm_boot_with_a_missing_kernel_exits_3_with_the_fix() {
+    let h = Harness::new();
+    let out = h
+        .husk()
+        .args(["vm", "boot", "--kernel", "/nonexistent/vmlinux"])
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("guest kernel not found at /nonexistent/vmlinux")
+            && stderr.contains("kernel/build.sh"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn husk_vm_boot_of_a_panicking_guest_exits_4() {
+    let h = Harness::new();
+    let out = h
+        .husk()
+        .args(["vm", "boot", "--append", "rdinit=/husk-no-such-init"])
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("the guest kernel panicked"), "{stderr}");
+}
+
+#[test]
+fn image_builds_are_reproducible() {
+    let h = Harness::new();
+    let build = |name: &str, debug: bool| {
+        let out_path = h.scratch().join(name);
+        let mut cmd = h.husk();
+        cmd.args(["image", "build", "--init"])
+            .arg(init_binary())
+            .arg("--output")
+            .arg(&out_path);
+        if debug {
+            cmd.arg("--debug");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        (
+            std::fs::read(&out_path).unwrap(),
+            husk_e2e::manifest_of(&out_path),
+        )
+    };
+    let (a, ma) = build("a.cpio", false);
+    let (b, mb) = build("b.cpio", false);
+    assert_eq!(ma.build_id, mb.build_id);
+    assert!(a == b, "two builds of the same inputs differ");
+    let (_, md) = build("d.cpio", true);
+    assert_ne!(md.build_id, ma.build_id);
+    assert!(md.components.contains_key("busybox") && md.components.contains_key("husk-init"));
+
+    let out = h
+        .husk()
+        .args(["image", "build", "--init", "/bin/sh", "--output"])
+        .arg(h.scratch().join("x.cpio"))
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("dynamically linked"),
+        "{stderr}"
+    );
+}
