@@ -18,10 +18,10 @@ pub const HOSTNAME_MAX: usize = 64;
 pub fn lookup<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
     cmdline
         .split_ascii_whitespace()
+        .rev()
         .filter_map(|word| word.split_once('='))
-        .filter(|(k, _)| *k == key)
+        .find(|(k, _)| *k == key)
         .map(|(_, v)| v)
-        .last()
 }
 
 /// Whether `name` is an acceptable hostname: 1..=64 bytes of `[A-Za-z0-9.-]`, no leading dash.

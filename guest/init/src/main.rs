@@ -70,11 +70,11 @@ fn main() {
 }
 
 fn init_logging(cmdline_text: &str) {
-    let level = cmdline::lookup(cmdline_text, cmdline::LOG_LEVEL).unwrap_or("info");
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let level = cmdline::lookup(cmdline_text, cmdline::LOG_LEVEL)
+        .and_then(|l| l.parse::<tracing_subscriber::filter::LevelFilter>().ok())
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(level)
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .without_time()

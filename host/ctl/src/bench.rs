@@ -250,7 +250,11 @@ fn print_report(r: &Report) {
         r.kernel.display(),
         r.image.display()
     );
-    println!("\n  launch → ready (wall)       min        median     max");
+    println!();
+    println!(
+        "  {:<26}  {:>10}  {:>10}  {:>10}",
+        "launch → ready (wall)", "min", "median", "max"
+    );
     for (name, s) in [
         ("husk (husk-init, vsock)", &r.husk),
         ("reference (busybox /init)", &r.reference),

@@ -43,59 +43,63 @@ pub fn kernel_cmdline(tsc_khz: Option<u64>, extra: &[String]) -> String {
 
 /// The full argument vector (without the program name).
 pub fn argv(a: &QemuArgs<'_>) -> Vec<OsString> {
-    let mut v: Vec<OsString> = Vec::new();
-    let mut push = |s: &str| v.push(s.into());
-    push("-name");
-    push(&format!("husk-{}", a.name));
-    push("-M");
-    push("microvm,acpi=off,memory-backend=mem");
-    match a.accel {
-        Accel::Kvm => {
-            push("-accel");
-            push("kvm");
-            push("-cpu");
-            push("host");
-        }
-        Accel::Tcg => {
-            push("-accel");
-            push("tcg");
-            push("-cpu");
-            push("max");
-            if a.icount {
-                push("-icount");
-                push("shift=0,sleep=off");
-            }
-        }
-    }
-    push("-smp");
-    push(&a.vcpus.to_string());
-    push("-m");
-    push(&format!("{}M", a.memory_mib));
-    push("-object");
-    push(&format!(
-        "memory-backend-memfd,id=mem,size={}M,share=on",
-        a.memory_mib
-    ));
-    for s in [
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-serial",
-        "stdio",
-        "-no-reboot",
-    ] {
-        push(s);
-    }
-    push("-append");
-    push(a.cmdline);
-    push("-device");
-    push("virtio-rng-device");
-    drop(push);
-    v.push("-kernel".into());
-    v.push(a.kernel.into());
-    v.push("-initrd".into());
-    v.push(a.initrd.into());
+    let accel: &[&str] = match (a.accel, a.icount) {
+        (Accel::Kvm, _) => &["-accel", "kvm", "-cpu", "host"],
+        (Accel::Tcg, false) => &["-accel", "tcg", "-cpu", "max"],
+        (Accel::Tcg, true) => &[
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-icount",
+            "shift=0,sleep=off",
+        ],
+    };
+    let mut v: Vec<OsString> = vec![
+        "-name".into(),
+        format!("husk-{}", a.name).into(),
+        "-M".into(),
+        "microvm,acpi=off,memory-backend=mem".into(),
+    ];
+    v.extend(accel.iter().map(OsString::from));
+    v.extend(
+        [
+            "-smp".to_owned(),
+            a.vcpus.to_string(),
+            "-m".into(),
+            format!("{}M", a.memory_mib),
+            "-object".into(),
+            format!(
+                "memory-backend-memfd,id=mem,size={}M,share=on",
+                a.memory_mib
+            ),
+        ]
+        .map(OsString::from),
+    );
+    v.extend(
+        [
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+        ]
+        .map(OsString::from),
+    );
+    v.extend([
+        "-append".into(),
+        a.cmdline.into(),
+        "-device".into(),
+        "virtio-rng-device".into(),
+    ]);
+    v.extend([
+        "-kernel".into(),
+        a.kernel.into(),
+        "-initrd".into(),
+        a.initrd.into(),
+    ]);
     let mut chardev = OsString::from("socket,id=vsock,path=");
     chardev.push(a.vhost_vsock_socket);
     v.extend(["-chardev".into(), chardev]);

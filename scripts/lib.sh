@@ -1,0 +1,69 @@
+# Shared steps of scripts/setup.sh and scripts/test.sh: install what husk needs on a Debian 12
+# machine and build it. Every step says what it does and is a no-op when already done.
+# Sourced, not run.
+
+set -euo pipefail
+
+HUSK_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export PATH="$HOME/.cargo/bin:$PATH"
+GUEST_TARGET=x86_64-unknown-linux-gnu
+HUSK="$HUSK_ROOT/target/debug/husk"
+HUSK_INIT="$HUSK_ROOT/target/$GUEST_TARGET/release/husk-init"
+JOBS=${HUSK_JOBS:-$(nproc)}
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Debian packages for running VMs and building images (the kernel build installs its own).
+install_packages() {
+    local want=(qemu-system-x86 busybox-static gcc libc6-dev) missing=()
+    for p in "${want[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    if ((${#missing[@]})); then
+        step "installing Debian packages: ${missing[*]}"
+        [[ $(id -u) == 0 ]] || die "need root for apt-get install ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+        step "Debian packages present (qemu-system-x86, busybox-static)"
+    fi
+}
+
+install_tools() {
+    command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (rustup) first"
+    if ! command -v vhost-device-vsock >/dev/null; then
+        step "installing vhost-device-vsock (the vhost-user vsock back end QEMU uses; ~2 min)"
+        cargo install --locked -j"$JOBS" vhost-device-vsock
+    else
+        step "vhost-device-vsock present: $(command -v vhost-device-vsock)"
+    fi
+}
+
+build_kernel() {
+    step "guest kernel (kernel/build.sh; a clean build takes ~10 min on 2 cores, then it is cached)"
+    "$HUSK_ROOT/kernel/build.sh"
+}
+
+build_husk() {
+    step "building husk (host) and husk-init (static, for the guest)"
+    (cd "$HUSK_ROOT" && cargo build -j"$JOBS" --workspace --bins)
+    # Guest binaries: statically linked, so the image needs no libc. RUSTFLAGS only reaches the
+    # guest target because --target is explicit (build scripts and proc macros stay dynamic).
+    (cd "$HUSK_ROOT" && RUSTFLAGS="-C target-feature=+crt-static" \
+        cargo build -j"$JOBS" --release -p husk-init --target "$GUEST_TARGET")
+}
+
+build_images() {
+    step "building guest images (default and debug)"
+    "$HUSK" image build --init "$HUSK_INIT"
+    "$HUSK" image build --debug --init "$HUSK_INIT"
+}
+
+prepare_all() {
+    install_packages
+    install_tools
+    build_kernel
+    build_husk
+    build_images
+}
