@@ -134,3 +134,67 @@ fn image_builds_are_reproducible() {
         "{stderr}"
     );
 }
+
+/// Waits up to `timeout` for process `pid` (not our child) to exit, through a pidfd.
+fn wait_gone(pid: i32, timeout: std::time::Duration) -> bool {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if fd < 0 {
+        return std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+    }
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; the fd is ours and closed right after.
+    let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
+    // SAFETY: closing the fd pidfd_open gave us.
+    unsafe { libc::close(fd) };
+    n == 1
+}
+
+#[test]
+fn a_killed_husk_leaves_no_vm_processes_and_its_directory_is_swept() {
+    use std::io::BufRead;
+    let h = Harness::new();
+    let mut child = h
+        .husk()
+        .args(["--log", "debug", "vm", "boot"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let launched = stderr
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.contains("VM launched"))
+        .expect("launch log line");
+    let pid_of = |key: &str| -> i32 {
+        launched
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {launched:?}"))
+    };
+    let (qemu, backend) = (pid_of("qemu="), pid_of("backend="));
+    child.kill().unwrap(); // SIGKILL: no destructor runs in husk
+    child.wait().unwrap();
+    for pid in [qemu, backend] {
+        assert!(
+            wait_gone(pid, std::time::Duration::from_secs(30)),
+            "VM process {pid} outlived husk"
+        );
+    }
+    let stale: Vec<_> = std::fs::read_dir(h.run_root()).unwrap().flatten().collect();
+    assert_eq!(
+        stale.len(),
+        1,
+        "the killed VM's socket directory stays until the next start"
+    );
+    let out = h.husk().args(["vm", "boot"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let left: Vec<_> = std::fs::read_dir(h.run_root()).unwrap().flatten().collect();
+    assert!(left.is_empty(), "stale directory not swept: {left:?}");
+}

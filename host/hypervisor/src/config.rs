@@ -50,11 +50,6 @@ impl VmConfig {
         }
     }
 
-    /// The VM's socket directory.
-    pub fn run_dir(&self) -> PathBuf {
-        self.run_root.join(&self.id)
-    }
-
     /// The VM's log directory.
     pub fn log_dir(&self) -> PathBuf {
         self.log_root.join(&self.id)
@@ -69,7 +64,21 @@ pub fn fresh_id() -> String {
     format!("{}-{}", base36(std::process::id()), base36(n))
 }
 
-fn base36(mut n: u32) -> String {
+/// The pid of the husk process that made `id` with [`fresh_id`], if `id` is one of ours.
+pub fn creator_pid(id: &str) -> Option<u32> {
+    let (pid, n) = id.split_once('-')?;
+    let valid = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+    };
+    if !valid(pid) || !valid(n) {
+        return None;
+    }
+    u32::from_str_radix(pid, 36).ok()
+}
+
+pub(crate) fn base36(mut n: u32) -> String {
     let digits = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let mut out = Vec::new();
     loop {
@@ -95,5 +104,8 @@ mod tests {
         assert!(a.len() < 16);
         assert_eq!(base36(0), "0");
         assert_eq!(base36(36), "10");
+        assert_eq!(creator_pid(&a), Some(std::process::id()));
+        assert_eq!(creator_pid("not-a-vm!"), None);
+        assert_eq!(creator_pid("nodash"), None);
     }
 }

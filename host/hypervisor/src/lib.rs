@@ -14,6 +14,7 @@ pub mod error;
 pub mod host_probe;
 pub mod process;
 pub mod qemu;
+pub mod run_dir;
 pub mod serial;
 pub mod vm;
 pub mod vsock;

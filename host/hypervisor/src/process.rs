@@ -7,7 +7,8 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::process::{Child, ExitStatus};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -29,6 +30,26 @@ fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     }
     // SAFETY: the kernel just returned this fd to us and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Makes the child die with SIGKILL if the thread that spawned it dies (e.g. husk is killed by
+/// a signal and its destructors never run), so a VM's processes cannot outlive husk.
+pub fn die_with_parent(cmd: &mut Command) {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs between fork and exec and makes only async-signal-safe calls
+    // (prctl, getppid); it allocates nothing on the success path.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died before prctl took effect: then we were reparented.
+            if libc::getppid() != parent {
+                return Err(io::Error::other("parent died before exec"));
+            }
+            Ok(())
+        });
+    }
 }
 
 impl ChildProcess {

@@ -19,6 +19,7 @@ use husk_protocols::ports;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::error::VmError;
+use crate::run_dir::RunDir;
 use crate::serial::Serial;
 
 /// Lines of serial output quoted in errors.
@@ -60,16 +61,6 @@ pub struct ExitReport {
     pub took: Duration,
 }
 
-/// The VM's socket directory, removed with everything in it when dropped.
-#[derive(Debug)]
-struct RunDir(PathBuf);
-
-impl Drop for RunDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A running VM.
 #[derive(Debug)]
 pub struct Vm {
@@ -93,7 +84,7 @@ pub struct VmParts {
     pub id: String,
     pub machine: Box<dyn Machine>,
     pub serial: Serial,
-    pub run_dir: PathBuf,
+    pub run_dir: RunDir,
     pub vsock_path: PathBuf,
     pub log_dir: PathBuf,
     pub launched_at: Instant,
@@ -119,7 +110,7 @@ impl Vm {
             control: None,
             events: None,
             ready: None,
-            _run_dir: RunDir(p.run_dir),
+            _run_dir: p.run_dir,
         }
     }
 
@@ -139,7 +130,7 @@ impl Vm {
 
     /// The VM's socket directory (removed when the VM is dropped).
     pub fn run_dir(&self) -> &Path {
-        &self._run_dir.0
+        self._run_dir.path()
     }
 
     /// Pids of the VM's host processes (for leak checks and diagnostics).

@@ -8,7 +8,6 @@
 mod cmdline;
 mod qmp;
 
-use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -21,7 +20,8 @@ use crate::boot_files;
 use crate::config::VmConfig;
 use crate::error::VmError;
 use crate::host_probe::{self, HostPaths};
-use crate::process::ChildProcess;
+use crate::process::{die_with_parent, ChildProcess};
+use crate::run_dir::RunDir;
 use crate::serial::Serial;
 use crate::vm::{listener_path, Machine, Vm, VmParts};
 use crate::Hypervisor;
@@ -159,25 +159,10 @@ impl Hypervisor for QemuBackend {
         boot_files::check_kernel(&config.kernel)?;
         boot_files::check_initrd(&config.initrd)?;
 
-        let run_dir = config.run_dir();
         let log_dir = config.log_dir();
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&config.run_root)
-            .map_err(VmError::io(format!(
-                "creating {}",
-                config.run_root.display()
-            )))?;
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&run_dir)
-            .map_err(VmError::io(format!(
-                "creating the VM directory {}",
-                run_dir.display()
-            )))?;
-        // From here on, the guard removes the directory on every early return.
-        let guard = RunDirGuard(Some(run_dir.clone()));
+        // Removed again on every early return below (and by the Vm once it owns it).
+        let run = RunDir::create(&config.run_root, &config.id)?;
+        let run_dir = run.path().to_owned();
         std::fs::create_dir_all(&log_dir)
             .map_err(VmError::io(format!("creating {}", log_dir.display())))?;
 
@@ -192,7 +177,9 @@ impl Hypervisor for QemuBackend {
         vm_arg.push(&vhost_socket);
         vm_arg.push(",uds-path=");
         vm_arg.push(&vsock_path);
-        let child = Command::new(&self.vsock_backend)
+        let mut cmd = Command::new(&self.vsock_backend);
+        die_with_parent(&mut cmd);
+        let child = cmd
             .arg("--vm")
             .arg(vm_arg)
             .stdin(Stdio::null())
@@ -228,7 +215,9 @@ impl Hypervisor for QemuBackend {
         };
         let qemu_log = log_dir.join("qemu.log");
         let launched_at = Instant::now();
-        let mut child = Command::new(&self.plan.qemu)
+        let mut cmd = Command::new(&self.plan.qemu);
+        die_with_parent(&mut cmd);
+        let mut child = cmd
             .args(cmdline::argv(&args))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -262,28 +251,11 @@ impl Hypervisor for QemuBackend {
                 qemu_log,
             }),
             serial,
-            run_dir: guard.disarm(),
+            run_dir: run,
             vsock_path,
             log_dir,
             launched_at,
             init_listener,
         }))
-    }
-}
-
-/// Removes a half-built VM's directory if boot fails before the [`Vm`] takes it over.
-struct RunDirGuard(Option<PathBuf>);
-
-impl RunDirGuard {
-    fn disarm(mut self) -> PathBuf {
-        self.0.take().unwrap_or_default()
-    }
-}
-
-impl Drop for RunDirGuard {
-    fn drop(&mut self) {
-        if let Some(d) = self.0.take() {
-            let _ = std::fs::remove_dir_all(d);
-        }
     }
 }
