@@ -3,7 +3,7 @@
 #
 #   kernel/build.sh [--force]
 #
-# Output (cached outside the tree, keyed by the fragment, this script and the source version):
+# Output (cached outside the tree, keyed by the fragment, the source version and the recipe):
 #   ${HUSK_CACHE:-/var/cache/husk}/kernel/<key>/{vmlinux,bzImage,config,key}
 # and installed for husk at
 #   ${HUSK_HOME:-/var/lib/husk}/kernel/{vmlinux,bzImage,config}
@@ -38,8 +38,10 @@ tarball=/usr/src/linux-source-6.1.tar.xz
 [[ -f $tarball ]] || die "$tarball is missing: install the linux-source-6.1 package"
 src_version=$(dpkg-query -W -f='${Version}' linux-source-6.1)
 
-# 2. Cache key: fragment + this script + source package version.
-key=$( { cat "$fragment" "$0"; echo "$src_version"; } | sha256sum | cut -c1-16)
+# 2. Cache key: the fragment, the source package version, and the recipe version below (bump it
+#    when the steps that produce the kernel change; messages and progress output do not count).
+recipe=1
+key=$( { cat "$fragment"; echo "source $src_version recipe $recipe"; } | sha256sum | cut -c1-16)
 out="$cache_root/$key"
 
 install_outputs() {
@@ -49,7 +51,7 @@ install_outputs() {
         cp "$out/$f" "$home/kernel/.$f.tmp" && mv -f "$home/kernel/.$f.tmp" "$home/kernel/$f"
     done
     echo "$key" > "$home/kernel/key"
-    say "installed: $home/kernel/vmlinux ($(du -h "$out/vmlinux" | cut -f1)), bzImage ($(du -h "$out/bzImage" | cut -f1)), key $key"
+    say "installed: $home/kernel/vmlinux ($(du -h --apparent-size "$out/vmlinux" | cut -f1)), bzImage ($(du -h --apparent-size "$out/bzImage" | cut -f1)), key $key"
 }
 
 if ((force == 0)) && [[ -f "$out/vmlinux" && -f "$out/bzImage" && -f "$out/config" ]]; then
@@ -67,7 +69,8 @@ if [[ ! -f "$tree/Makefile" ]]; then
     tar -C "$work" -xf "$tarball"
 fi
 
-build="$work/out-$key"
+# One build tree for all keys: a changed fragment rebuilds incrementally, not from scratch.
+build="$work/out"
 mkdir -p "$build"
 start=$(date +%s)
 

@@ -21,24 +21,54 @@ pub enum KernelFormat {
 const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
 const PT_NOTE: u32 = 4;
 
+/// Longest header region read from a kernel file (headers and notes are a few KiB).
+const MAX_REGION: usize = 1 << 20;
+
+/// Random access to a kernel image: a byte slice in tests, the file itself at boot, so that a
+/// 20 MiB vmlinux is checked by reading a few KiB.
+pub trait Region {
+    /// `len` bytes at `off`, or `None` if the image is shorter.
+    fn region(&self, off: u64, len: usize) -> Option<Vec<u8>>;
+}
+
+impl Region for [u8] {
+    fn region(&self, off: u64, len: usize) -> Option<Vec<u8>> {
+        let off = usize::try_from(off).ok()?;
+        self.get(off..off.checked_add(len)?).map(<[u8]>::to_vec)
+    }
+}
+
+impl Region for std::fs::File {
+    fn region(&self, off: u64, len: usize) -> Option<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; len.min(MAX_REGION)];
+        self.read_exact_at(&mut buf, off).ok()?;
+        (buf.len() == len).then_some(buf)
+    }
+}
+
 fn rd<const N: usize>(b: &[u8], off: usize) -> Option<[u8; N]> {
     b.get(off..off.checked_add(N)?)?.try_into().ok()
 }
 
-/// Recognises a kernel image from its bytes.
-pub fn kernel_format(b: &[u8]) -> Result<KernelFormat, String> {
+/// Recognises a kernel image.
+pub fn kernel_format<R: Region + ?Sized>(img: &R) -> Result<KernelFormat, String> {
+    let b = img
+        .region(0, 0x210)
+        .or_else(|| img.region(0, 64))
+        .ok_or("too short to be a kernel")?;
     if b.starts_with(b"\x7fELF") {
-        if b.get(4) != Some(&2) || rd::<2>(b, 18).map(u16::from_le_bytes) != Some(62) {
+        if b.get(4) != Some(&2) || rd::<2>(&b, 18).map(u16::from_le_bytes) != Some(62) {
             return Err("ELF, but not x86-64".into());
         }
-        return if has_pvh_note(b).ok_or("truncated ELF headers")? {
+        return if has_pvh_note(img, &b).ok_or("truncated ELF headers")? {
             Ok(KernelFormat::PvhElf)
         } else {
             Err("ELF without a PVH entry note; build with CONFIG_PVH=y".into())
         };
     }
-    if rd::<4>(b, 0x202) == Some(*b"HdrS") {
-        let version = rd::<2>(b, 0x206).map(u16::from_le_bytes).unwrap_or(0);
+    if rd::<4>(&b, 0x202) == Some(*b"HdrS") {
+        let version = rd::<2>(&b, 0x206).map(u16::from_le_bytes).unwrap_or(0);
         return if version >= 0x0206 {
             Ok(KernelFormat::BzImage)
         } else {
@@ -48,23 +78,26 @@ pub fn kernel_format(b: &[u8]) -> Result<KernelFormat, String> {
     Err("neither an ELF vmlinux nor a bzImage".into())
 }
 
-fn has_pvh_note(b: &[u8]) -> Option<bool> {
-    let phoff = usize::try_from(u64::from_le_bytes(rd(b, 32)?)).ok()?;
-    let phentsize = usize::from(u16::from_le_bytes(rd(b, 54)?));
-    let phnum = usize::from(u16::from_le_bytes(rd(b, 56)?));
-    for i in 0..phnum {
-        let ph = phoff.checked_add(phentsize.checked_mul(i)?)?;
-        if u32::from_le_bytes(rd(b, ph)?) != PT_NOTE {
+fn has_pvh_note<R: Region + ?Sized>(img: &R, ehdr: &[u8]) -> Option<bool> {
+    let phoff = u64::from_le_bytes(rd(ehdr, 32)?);
+    let phentsize = usize::from(u16::from_le_bytes(rd(ehdr, 54)?));
+    let phnum = usize::from(u16::from_le_bytes(rd(ehdr, 56)?));
+    if phentsize < 56 {
+        return None;
+    }
+    let phdrs = img.region(phoff, phentsize.checked_mul(phnum)?)?;
+    for ph in phdrs.chunks_exact(phentsize) {
+        if u32::from_le_bytes(rd(ph, 0)?) != PT_NOTE {
             continue;
         }
-        let off = usize::try_from(u64::from_le_bytes(rd(b, ph + 8)?)).ok()?;
-        let size = usize::try_from(u64::from_le_bytes(rd(b, ph + 32)?)).ok()?;
-        let notes = b.get(off..off.checked_add(size)?)?;
+        let off = u64::from_le_bytes(rd(ph, 8)?);
+        let size = usize::try_from(u64::from_le_bytes(rd(ph, 32)?)).ok()?;
+        let notes = img.region(off, size.min(MAX_REGION))?;
         let mut p = 0;
         while p + 12 <= notes.len() {
-            let namesz = u32::from_le_bytes(rd(notes, p)?) as usize;
-            let descsz = u32::from_le_bytes(rd(notes, p + 4)?) as usize;
-            let kind = u32::from_le_bytes(rd(notes, p + 8)?);
+            let namesz = u32::from_le_bytes(rd(&notes, p)?) as usize;
+            let descsz = u32::from_le_bytes(rd(&notes, p + 4)?) as usize;
+            let kind = u32::from_le_bytes(rd(&notes, p + 8)?);
             let name = notes.get(p + 12..(p + 12).checked_add(namesz)?)?;
             if kind == XEN_ELFNOTE_PHYS32_ENTRY && name.starts_with(b"Xen") {
                 return Some(true);
@@ -77,8 +110,8 @@ fn has_pvh_note(b: &[u8]) -> Option<bool> {
 
 /// Checks the kernel at `path`.
 pub fn check_kernel(path: &Path) -> Result<KernelFormat, VmError> {
-    let data = match std::fs::read(path) {
-        Ok(d) => d,
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(VmError::KernelMissing { path: path.into() })
         }
@@ -89,7 +122,7 @@ pub fn check_kernel(path: &Path) -> Result<KernelFormat, VmError> {
             })
         }
     };
-    kernel_format(&data).map_err(|why| VmError::KernelInvalid {
+    kernel_format(&file).map_err(|why| VmError::KernelInvalid {
         path: path.into(),
         why,
     })
@@ -133,26 +166,26 @@ mod tests {
 
     #[test]
     fn rejects_garbage_and_truncation() {
-        assert!(kernel_format(b"garbage").is_err());
-        assert!(kernel_format(b"\x7fELF\x02\x01").is_err());
+        assert!(kernel_format(&b"garbage"[..]).is_err());
+        assert!(kernel_format(&b"\x7fELF\x02\x01"[..]).is_err());
         let mut bz = vec![0u8; 0x210];
         bz[0x202..0x206].copy_from_slice(b"HdrS");
         bz[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
-        assert_eq!(kernel_format(&bz), Ok(KernelFormat::BzImage));
+        assert_eq!(kernel_format(&bz[..]), Ok(KernelFormat::BzImage));
         bz[0x206..0x208].copy_from_slice(&0x0200u16.to_le_bytes());
-        assert!(kernel_format(&bz).is_err());
+        assert!(kernel_format(&bz[..]).is_err());
     }
 
     #[test]
     fn elf_with_hostile_program_headers_does_not_panic() {
-        let mut elf = vec![0u8; 64];
+        let mut elf = [0u8; 64];
         elf[..4].copy_from_slice(b"\x7fELF");
         elf[4] = 2;
         elf[18] = 62;
         elf[32..40].copy_from_slice(&u64::MAX.to_le_bytes()); // phoff far away
         elf[54..56].copy_from_slice(&56u16.to_le_bytes());
         elf[56..58].copy_from_slice(&u16::MAX.to_le_bytes());
-        assert!(kernel_format(&elf).is_err());
+        assert!(kernel_format(&elf[..]).is_err());
     }
 
     #[test]
