@@ -19,21 +19,24 @@ pub enum ElfError {
 const PT_INTERP: u32 = 3;
 const EM_X86_64: u16 = 62;
 
+/// `N` bytes at `off`; offsets come from the file, so the sum may overflow.
+fn bytes_at<const N: usize>(b: &[u8], off: usize) -> Result<[u8; N], ElfError> {
+    let end = off.checked_add(N).ok_or(ElfError::Malformed)?;
+    b.get(off..end)
+        .and_then(|s| s.try_into().ok())
+        .ok_or(ElfError::Malformed)
+}
+
 fn u16_at(b: &[u8], off: usize) -> Result<u16, ElfError> {
-    let s = b.get(off..off + 2).ok_or(ElfError::Malformed)?;
-    Ok(u16::from_le_bytes([s[0], s[1]]))
+    bytes_at(b, off).map(u16::from_le_bytes)
 }
 
 fn u32_at(b: &[u8], off: usize) -> Result<u32, ElfError> {
-    let s = b.get(off..off + 4).ok_or(ElfError::Malformed)?;
-    Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    bytes_at(b, off).map(u32::from_le_bytes)
 }
 
 fn u64_at(b: &[u8], off: usize) -> Result<u64, ElfError> {
-    let s = b.get(off..off + 8).ok_or(ElfError::Malformed)?;
-    let mut a = [0u8; 8];
-    a.copy_from_slice(s);
-    Ok(u64::from_le_bytes(a))
+    bytes_at(b, off).map(u64::from_le_bytes)
 }
 
 /// Accepts a statically linked x86-64 ELF executable.
@@ -75,5 +78,9 @@ mod tests {
         assert_eq!(check_static_x86_64(&me), Err(ElfError::Dynamic));
         // A truncated header is malformed, never a panic.
         assert!(check_static_x86_64(&me[..40]).is_err());
+        // Program headers claimed at the very end of the address space (found by fuzzing).
+        let mut hostile = me[..64].to_vec();
+        hostile[32..40].copy_from_slice(&(u64::MAX - 2).to_le_bytes());
+        assert_eq!(check_static_x86_64(&hostile), Err(ElfError::Malformed));
     }
 }

@@ -66,15 +66,21 @@ pub fn connect(uds: &Path, port: u32, timeout: Duration) -> Result<UnixStream, V
             Err(e) => return Err(io_err(e)),
         }
     }
-    let reply = String::from_utf8_lossy(&reply).into_owned();
-    let ok = reply
-        .strip_prefix("OK ")
-        .is_some_and(|n| n.parse::<u32>().is_ok());
-    if !ok {
-        return Err(VsockError::BadReply { port, reply });
-    }
+    parse_reply(&reply).ok_or_else(|| VsockError::BadReply {
+        port,
+        reply: String::from_utf8_lossy(&reply).into_owned(),
+    })?;
     s.set_read_timeout(None).map_err(io_err)?;
     Ok(s)
+}
+
+/// Parses a handshake reply line (without its `\n`): `OK <host port>` → the host port.
+pub fn parse_reply(line: &[u8]) -> Option<u32> {
+    std::str::from_utf8(line)
+        .ok()?
+        .strip_prefix("OK ")?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -125,6 +131,15 @@ mod tests {
         let e = connect(&path, 1, Duration::from_secs(5)).unwrap_err();
         t.join().unwrap();
         assert!(matches!(e, VsockError::BadReply { .. }), "{e}");
+    }
+
+    #[test]
+    fn reply_parsing() {
+        assert_eq!(parse_reply(b"OK 1073741824"), Some(1 << 30));
+        assert_eq!(parse_reply(b"OK"), None);
+        assert_eq!(parse_reply(b"OK -1"), None);
+        assert_eq!(parse_reply(b"ok 5"), None);
+        assert_eq!(parse_reply(b"OK 5\xff"), None);
     }
 
     #[test]
