@@ -9,6 +9,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 GUEST_TARGET=x86_64-unknown-linux-gnu
 HUSK="$HUSK_ROOT/target/debug/husk"
 HUSK_INIT="$HUSK_ROOT/target/$GUEST_TARGET/release/husk-init"
+HUSK_AGENT="$HUSK_ROOT/target/$GUEST_TARGET/release/husk-agent"
 JOBS=${HUSK_JOBS:-$(nproc)}
 
 step() { printf '\n==> %s\n' "$*" >&2; }
@@ -46,18 +47,18 @@ build_kernel() {
 }
 
 build_husk() {
-    step "building husk (host) and husk-init (static, for the guest)"
+    step "building husk (host), husk-init and husk-agent (static, for the guest)"
     (cd "$HUSK_ROOT" && cargo build -j"$JOBS" --workspace --bins)
     # Guest binaries: statically linked, so the image needs no libc. RUSTFLAGS only reaches the
     # guest target because --target is explicit (build scripts and proc macros stay dynamic).
     (cd "$HUSK_ROOT" && RUSTFLAGS="-C target-feature=+crt-static" \
-        cargo build -j"$JOBS" --release -p husk-init --target "$GUEST_TARGET")
+        cargo build -j"$JOBS" --release -p husk-init -p husk-agent --target "$GUEST_TARGET")
 }
 
 build_images() {
     step "building guest images (default and debug)"
-    "$HUSK" image build --init "$HUSK_INIT"
-    "$HUSK" image build --debug --init "$HUSK_INIT"
+    "$HUSK" image build --init "$HUSK_INIT" --agent "$HUSK_AGENT"
+    "$HUSK" image build --debug --init "$HUSK_INIT" --agent "$HUSK_AGENT"
 }
 
 prepare_all() {

@@ -3,11 +3,14 @@
 //!
 //! This crate owns definitions only. It must never perform I/O beyond encoding and decoding
 //! frames on a caller-supplied reader or writer, and never depend on host- or guest-only code.
-//! A released protocol package (`husk.init.v1`, …) only ever gains optional fields; anything
+//! A released protocol package (`husk.init.v1`, `husk.agent.v1`, …) only ever gains optional fields; anything
 //! breaking becomes a new package.
 
+pub mod agent;
 pub mod cmdline;
 pub mod frame;
+mod generated;
+pub mod health;
 pub mod init;
 pub mod manifest;
 pub mod ports;

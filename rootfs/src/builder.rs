@@ -38,6 +38,8 @@ pub struct ImageSpec {
     pub flavour: Flavour,
     /// Statically linked husk-init.
     pub init: PathBuf,
+    /// Statically linked husk-agent.
+    pub agent: PathBuf,
     /// Statically linked busybox (debug flavour only).
     pub busybox: PathBuf,
     /// Extra services, started after the flavour's own.
@@ -84,6 +86,10 @@ pub enum ImageError {
 }
 
 const INIT_FIX: &str = "build it with `cargo build --release -p husk-init --target x86_64-unknown-linux-gnu` and RUSTFLAGS='-C target-feature=+crt-static'";
+const AGENT_FIX: &str = "build it with `cargo build --release -p husk-agent --target x86_64-unknown-linux-gnu` and RUSTFLAGS='-C target-feature=+crt-static'";
+
+/// Where the agent lives in the image.
+pub const AGENT_PATH: &str = "/usr/bin/husk-agent";
 const BUSYBOX_FIX: &str =
     "install Debian's busybox-static package (`apt-get install busybox-static`)";
 
@@ -173,6 +179,25 @@ fn add_busybox(
     Ok(())
 }
 
+/// The version a husk binary prints for `--version` (`husk-init 0.1.0` → `0.1.0`).
+fn component_version(path: &Path, name: &str) -> Result<String, ImageError> {
+    let line = first_line(path, &["--version"])?;
+    Ok(line
+        .strip_prefix(name)
+        .map(str::trim)
+        .unwrap_or(&line)
+        .to_owned())
+}
+
+fn agent_service() -> ServiceSpec {
+    ServiceSpec {
+        name: "agent".into(),
+        argv: vec![AGENT_PATH.into()],
+        env: vec!["PATH=/usr/bin:/bin:/usr/sbin:/sbin".into()],
+        stdio: ServiceStdio::Log,
+    }
+}
+
 fn debug_shell() -> ServiceSpec {
     ServiceSpec {
         name: "console-shell".into(),
@@ -201,14 +226,20 @@ pub fn build(spec: &ImageSpec) -> Result<BuildReport, ImageError> {
     let mut components = BTreeMap::new();
 
     let init = read_static("husk-init", &spec.init, INIT_FIX)?;
-    let init_version = first_line(&spec.init, &["--version"])?;
     components.insert(
         "husk-init".into(),
-        init_version.trim_start_matches("husk-init ").to_owned(),
+        component_version(&spec.init, "husk-init")?,
     );
     tree.file("init", 0o755, init);
+    let agent = read_static("husk-agent", &spec.agent, AGENT_FIX)?;
+    components.insert(
+        "husk-agent".into(),
+        component_version(&spec.agent, "husk-agent")?,
+    );
+    tree.file(AGENT_PATH, 0o755, agent);
 
-    let mut services = Vec::new();
+    // The agent first: it is what the host waits for.
+    let mut services = vec![agent_service()];
     if spec.flavour == Flavour::Debug {
         add_busybox(&mut tree, &spec.busybox, &mut components)?;
         services.push(debug_shell());

@@ -126,12 +126,23 @@ pub fn husk_binary() -> PathBuf {
     require(&bin, "the husk binary (cargo build -p husk-ctl)")
 }
 
+fn guest_binary(name: &str) -> PathBuf {
+    require(
+        &target_dir()
+            .join("x86_64-unknown-linux-gnu/release")
+            .join(name),
+        name,
+    )
+}
+
 /// The statically linked husk-init that images are built from.
 pub fn init_binary() -> PathBuf {
-    let p = std::env::var_os("HUSK_INIT_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target_dir().join("x86_64-unknown-linux-gnu/release/husk-init"));
-    require(&p, "static husk-init")
+    guest_binary("husk-init")
+}
+
+/// The statically linked husk-agent that images are built from.
+pub fn agent_binary() -> PathBuf {
+    guest_binary("husk-agent")
 }
 
 /// Asserts that a VM left nothing behind: its processes are gone and reaped (no `/proc/<pid>`,

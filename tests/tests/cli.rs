@@ -1,6 +1,6 @@
 //! The `husk` CLI as people and scripts use it: `check`, `vm boot`, `image build`, exit codes.
 
-use husk_e2e::{init_binary, Harness};
+use husk_e2e::{agent_binary, init_binary, Harness};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -102,6 +102,8 @@ fn image_builds_are_reproducible() {
         let mut cmd = h.husk();
         cmd.args(["image", "build", "--init"])
             .arg(init_binary())
+            .arg("--agent")
+            .arg(agent_binary())
             .arg("--output")
             .arg(&out_path);
         if debug {
@@ -121,6 +123,7 @@ fn image_builds_are_reproducible() {
     let (_, md) = build("d.cpio", true);
     assert_ne!(md.build_id, ma.build_id);
     assert!(md.components.contains_key("busybox") && md.components.contains_key("husk-init"));
+    assert!(ma.components.contains_key("husk-agent"));
 
     let out = h
         .husk()

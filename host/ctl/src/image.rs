@@ -23,6 +23,12 @@ pub struct BuildArgs {
         default_value = "target/x86_64-unknown-linux-gnu/release/husk-init"
     )]
     init: PathBuf,
+    /// Statically linked husk-agent.
+    #[arg(
+        long,
+        default_value = "target/x86_64-unknown-linux-gnu/release/husk-agent"
+    )]
+    agent: PathBuf,
     /// Statically linked busybox for the debug flavour.
     #[arg(long, default_value = "/bin/busybox")]
     busybox: PathBuf,
@@ -57,6 +63,7 @@ pub fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
     let spec = ImageSpec {
         flavour,
         init: args.init.clone(),
+        agent: args.agent.clone(),
         busybox: args.busybox.clone(),
         services: args
             .services

@@ -42,6 +42,33 @@ pub fn hypervisor(args: &BootArgs) -> anyhow::Result<Box<dyn Hypervisor>> {
     )?)
 }
 
+/// The agent's answer and when it came.
+pub struct AgentReady {
+    /// Launch → handshake done and health check serving.
+    pub ready: Duration,
+    pub handshake: husk_protocols::agent::HandshakeResponse,
+}
+
+/// Connects to the agent, handshakes and checks its health.
+pub fn agent_ready(vm: &husk_hypervisor::Vm, timeout: Duration) -> anyhow::Result<AgentReady> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let client = husk_agent_client::AgentClient::connect(vm.vsock_path(), timeout)
+            .await
+            .context("connecting to the guest agent")?;
+        client
+            .check()
+            .await
+            .context("checking the agent's health")?;
+        Ok(AgentReady {
+            ready: vm.launched_at().elapsed(),
+            handshake: client.handshake().clone(),
+        })
+    })
+}
+
 #[derive(Debug, Serialize)]
 struct JsonReport<'a> {
     id: &'a str,
@@ -56,6 +83,10 @@ struct JsonReport<'a> {
     protocol: &'a str,
     services: &'a [String],
     entropy_seeded: bool,
+    agent_ready_ms: f64,
+    agent_version: &'a str,
+    agent_protocol: String,
+    agent_capabilities: &'a [String],
     shutdown_ms: f64,
     exit_status: &'a str,
     logs: String,
@@ -72,6 +103,7 @@ pub fn boot(args: &BootArgs, json: bool) -> anyhow::Result<ExitCode> {
     let report: BootReport = vm
         .wait_ready(Duration::from_secs(args.timeout))
         .context("waiting for the guest")?;
+    let agent = agent_ready(&vm, Duration::from_secs(args.timeout))?;
     let exit: ExitReport = vm
         .shutdown(SHUTDOWN_TIMEOUT)
         .context("shutting the VM down")?;
@@ -90,6 +122,10 @@ pub fn boot(args: &BootArgs, json: bool) -> anyhow::Result<ExitCode> {
             protocol: &report.init.protocol,
             services: &report.init.services,
             entropy_seeded: report.init.entropy_seeded,
+            agent_ready_ms: millis(agent.ready),
+            agent_version: &agent.handshake.agent_version,
+            agent_protocol: format!("{}.{}", agent.handshake.protocol, agent.handshake.minor),
+            agent_capabilities: &agent.handshake.capabilities,
             shutdown_ms: millis(exit.took),
             exit_status: &exit.status,
             logs,
@@ -107,6 +143,17 @@ pub fn boot(args: &BootArgs, json: bool) -> anyhow::Result<ExitCode> {
             )
             .row("launch → init ready", ms(report.ready))
             .row("guest uptime at ready", ms(report.guest_uptime))
+            .row("launch → agent ready", ms(agent.ready))
+            .row(
+                "agent",
+                format!(
+                    "husk-agent {} ({}.{}; {})",
+                    agent.handshake.agent_version,
+                    agent.handshake.protocol,
+                    agent.handshake.minor,
+                    agent.handshake.capabilities.join(", ")
+                ),
+            )
             .row("build id", &report.init.build_id)
             .row(
                 "image",

@@ -1,0 +1,55 @@
+//! husk-agent: the guest's ttrpc server for `husk.agent.v1` and `husk.health.v1` on vsock
+//! port [`husk_protocols::ports::AGENT_PORT`]. husk-init starts it and restarts it if it dies.
+//!
+//! This file owns start-up, the listener and signal handling. Request handling lives in
+//! [`rpc`]; it must never run here.
+
+mod guest_info;
+mod rpc;
+
+use anyhow::Context;
+use husk_protocols::ports::AGENT_PORT;
+
+/// The vsock address the agent listens on (any CID).
+fn listen_address() -> String {
+    std::env::args()
+        .skip_while(|a| a != "--listen")
+        .nth(1)
+        .unwrap_or_else(|| format!("vsock://-1:{AGENT_PORT}"))
+}
+
+fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("--version") {
+        println!("husk-agent {}", env!("CARGO_PKG_VERSION"));
+        return Ok(());
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .without_time()
+        .with_target(false)
+        .init();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(&listen_address()))
+}
+
+async fn serve(address: &str) -> anyhow::Result<()> {
+    let mut server = ttrpc::r#async::Server::new()
+        .bind(address)
+        .with_context(|| format!("listening on {address}"))?
+        .register_service(rpc::AgentService::new("/").services());
+    server.start().await.context("starting the ttrpc server")?;
+    tracing::info!(address, "husk-agent {} serving", env!("CARGO_PKG_VERSION"));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    term.recv().await;
+    tracing::info!("stopping");
+    server
+        .shutdown()
+        .await
+        .context("stopping the ttrpc server")?;
+    Ok(())
+}

@@ -1,0 +1,154 @@
+//! The agent's RPC handlers: every `husk.agent.v1` and `husk.health.v1` method, in one place.
+//!
+//! Owns turning requests into answers. Each handler validates its input and returns a typed
+//! ttrpc error; a bad request must never panic or stop the agent.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use husk_protocols::agent::{
+    self, capability, GuestDetails, GuestDetailsRequest, HandshakeRequest, HandshakeResponse,
+};
+use husk_protocols::health::{self, check_response::ServingStatus, CheckRequest, CheckResponse};
+use ttrpc::r#async::TtrpcContext;
+
+use crate::guest_info;
+
+/// Longest string field accepted in a request.
+pub const MAX_FIELD: usize = 4096;
+
+/// The state behind the handlers.
+#[derive(Debug, Clone)]
+pub struct AgentService {
+    /// Root of the guest filesystem (`/`; a temporary tree in tests).
+    root: PathBuf,
+}
+
+/// A ttrpc error with a code and message.
+pub fn rpc_error(code: ttrpc::Code, msg: impl Into<String>) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg.into()))
+}
+
+fn bounded(field: &str, value: &str) -> ttrpc::Result<()> {
+    if value.len() > MAX_FIELD {
+        return Err(rpc_error(
+            ttrpc::Code::INVALID_ARGUMENT,
+            format!(
+                "{field} is {} bytes, over the {MAX_FIELD}-byte limit",
+                value.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl AgentService {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The ttrpc services this agent serves.
+    pub fn services(self) -> std::collections::HashMap<String, ttrpc::r#async::Service> {
+        let me = Arc::new(self);
+        let mut all = agent::create_agent(me.clone());
+        all.extend(health::create_health(me));
+        all
+    }
+
+    pub fn handshake_response(&self, req: &HandshakeRequest) -> ttrpc::Result<HandshakeResponse> {
+        bounded("host_protocol", &req.host_protocol)?;
+        bounded("host_version", &req.host_version)?;
+        tracing::info!(host_protocol = %req.host_protocol, host_version = %req.host_version, "handshake");
+        Ok(HandshakeResponse {
+            protocol: agent::PROTOCOL.to_owned(),
+            major: agent::MAJOR,
+            minor: agent::MINOR,
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            capabilities: vec![capability::GUEST_DETAILS.to_owned()],
+            ..Default::default()
+        })
+    }
+}
+
+#[async_trait]
+impl agent::Agent for AgentService {
+    async fn handshake(
+        &self,
+        _ctx: &TtrpcContext,
+        req: HandshakeRequest,
+    ) -> ttrpc::Result<HandshakeResponse> {
+        self.handshake_response(&req)
+    }
+
+    async fn get_guest_details(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: GuestDetailsRequest,
+    ) -> ttrpc::Result<GuestDetails> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || guest_info::gather(&root))
+            .await
+            .map_err(|e| {
+                rpc_error(
+                    ttrpc::Code::INTERNAL,
+                    format!("gathering guest details: {e}"),
+                )
+            })
+    }
+}
+
+#[async_trait]
+impl health::Health for AgentService {
+    async fn check(&self, _ctx: &TtrpcContext, req: CheckRequest) -> ttrpc::Result<CheckResponse> {
+        bounded("service", &req.service)?;
+        let status = match req.service.as_str() {
+            "" | agent::PROTOCOL | health::PROTOCOL => ServingStatus::SERVING,
+            other => {
+                return Err(rpc_error(
+                    ttrpc::Code::NOT_FOUND,
+                    format!("unknown service {other:?}"),
+                ))
+            }
+        };
+        Ok(CheckResponse {
+            status: status.into(),
+            ..Default::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_announces_version_and_capabilities() {
+        let svc = AgentService::new("/");
+        let r = svc
+            .handshake_response(&HandshakeRequest {
+                host_protocol: agent::PROTOCOL.into(),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            (r.protocol.as_str(), r.major),
+            (agent::PROTOCOL, agent::MAJOR)
+        );
+        assert!(r
+            .capabilities
+            .contains(&capability::GUEST_DETAILS.to_owned()));
+        assert!(agent::check_compatible(&r).is_ok());
+    }
+
+    #[test]
+    fn oversized_fields_are_refused() {
+        let svc = AgentService::new("/");
+        let req = HandshakeRequest {
+            host_version: "x".repeat(MAX_FIELD + 1),
+            ..Default::default()
+        };
+        let e = svc.handshake_response(&req).unwrap_err();
+        assert!(format!("{e:?}").contains("INVALID_ARGUMENT"), "{e:?}");
+    }
+}

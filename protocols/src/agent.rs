@@ -1,0 +1,80 @@
+//! `husk.agent.v1`: the host's API to husk-agent (vsock [`crate::ports::AGENT_PORT`]).
+//!
+//! Re-exports the generated messages, client and service trait, and owns the version rules:
+//! the package name, major and minor, the capability strings, and the host's compatibility
+//! check. Must never contain transport or handler logic.
+
+pub use crate::generated::agent::*;
+pub use crate::generated::agent_ttrpc::{create_agent, Agent, AgentClient};
+
+/// Protocol package announced in the handshake.
+pub const PROTOCOL: &str = "husk.agent.v1";
+/// Major version: a host refuses an agent with another major.
+pub const MAJOR: u32 = 1;
+/// Minor version: grows as optional fields and RPCs are added.
+pub const MINOR: u32 = 0;
+
+/// Optional features an agent may advertise; the host uses one only when it is listed.
+pub mod capability {
+    /// `GetGuestDetails` is served.
+    pub const GUEST_DETAILS: &str = "guest-details";
+}
+
+/// Why the host will not talk to an agent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the guest agent speaks {agent_protocol} (major {agent_major}, agent {agent_version}), this host speaks {PROTOCOL} (major {MAJOR}): rebuild the guest image with this husk (`husk image build`)")]
+pub struct Incompatible {
+    pub agent_protocol: String,
+    pub agent_major: u32,
+    pub agent_version: String,
+}
+
+/// Accepts a handshake answer from an agent of the same major version.
+pub fn check_compatible(resp: &HandshakeResponse) -> Result<(), Incompatible> {
+    if resp.major == MAJOR && resp.protocol == PROTOCOL {
+        return Ok(());
+    }
+    Err(Incompatible {
+        agent_protocol: resp.protocol.clone(),
+        agent_major: resp.major,
+        agent_version: resp.agent_version.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resp(protocol: &str, major: u32) -> HandshakeResponse {
+        HandshakeResponse {
+            protocol: protocol.into(),
+            major,
+            minor: 7,
+            agent_version: "9.9.9".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn same_major_any_minor_is_accepted() {
+        assert!(check_compatible(&resp(PROTOCOL, MAJOR)).is_ok());
+    }
+
+    #[test]
+    fn another_major_is_refused_naming_both() {
+        let e = check_compatible(&resp("husk.agent.v2", 2))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("husk.agent.v2") && e.contains("major 2"), "{e}");
+        assert!(e.contains("husk.agent.v1") && e.contains("major 1"), "{e}");
+        assert!(e.contains("9.9.9"), "{e}");
+    }
+
+    #[test]
+    fn messages_round_trip_through_protobuf() {
+        use protobuf::Message;
+        let r = resp(PROTOCOL, MAJOR);
+        let bytes = r.write_to_bytes().unwrap();
+        assert_eq!(HandshakeResponse::parse_from_bytes(&bytes).unwrap(), r);
+    }
+}

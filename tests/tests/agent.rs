@@ -1,0 +1,129 @@
+//! husk-agent in a real guest: handshake and version, health, guest details, and robustness
+//! against malformed requests sent raw over vsock.
+
+use std::io::Write;
+use std::time::Duration;
+
+use husk_agent_client::AgentClient;
+use husk_e2e::{manifest_of, Harness, SHUTDOWN_TIMEOUT};
+use husk_protocols::agent::{self, capability};
+use husk_protocols::health::check_response::ServingStatus;
+use husk_protocols::ports::AGENT_PORT;
+use protobuf::Message;
+
+const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+#[test]
+fn agent_handshakes_and_answers_health_and_guest_details() {
+    let h = Harness::new();
+    let image = h.image("default");
+    let (mut vm, report) = h.boot_ready(&h.config(&image));
+    assert_eq!(report.init.services, ["agent"]);
+
+    runtime().block_on(async {
+        let client = AgentClient::connect(vm.vsock_path(), AGENT_TIMEOUT)
+            .await
+            .expect("agent");
+        let hs = client.handshake();
+        assert_eq!(
+            (hs.protocol.as_str(), hs.major),
+            (agent::PROTOCOL, agent::MAJOR)
+        );
+        assert!(client.has_capability(capability::GUEST_DETAILS));
+        let health = client.check().await.expect("Check");
+        assert_eq!(health.status.enum_value(), Ok(ServingStatus::SERVING));
+        let d = client.guest_details().await.expect("GetGuestDetails");
+        assert_eq!(d.build_id, manifest_of(&image).build_id);
+        assert_eq!(d.hostname, "husk");
+        assert_eq!(d.online_cpus, 1);
+        assert!(d.kernel_release.starts_with("6.1"), "{}", d.kernel_release);
+        assert!(d.mem_total_bytes > 200 << 20, "{}", d.mem_total_bytes);
+        assert!(d.uptime_ns > report.guest_uptime.as_nanos() as u64);
+    });
+    vm.shutdown(SHUTDOWN_TIMEOUT).expect("clean shutdown");
+    h.finish(vm);
+}
+
+/// A ttrpc frame: 10-byte header (length, stream id, type, flags) and a body.
+fn frame(stream_id: u32, body: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(10 + body.len());
+    f.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    f.extend_from_slice(&stream_id.to_be_bytes());
+    f.extend_from_slice(&[1, 0]); // request, no flags
+    f.extend_from_slice(body);
+    f
+}
+
+fn request(service: &str, method: &str, payload: &[u8]) -> Vec<u8> {
+    let req = ttrpc::Request {
+        service: service.into(),
+        method: method.into(),
+        payload: payload.to_vec(),
+        timeout_nano: 1_000_000_000,
+        ..Default::default()
+    };
+    req.write_to_bytes().expect("encoding a ttrpc request")
+}
+
+#[test]
+fn agent_survives_a_burst_of_malformed_requests() {
+    let h = Harness::new();
+    let (mut vm, _) = h.boot_ready(&h.config(&h.image("default")));
+    let first = runtime()
+        .block_on(AgentClient::connect(vm.vsock_path(), AGENT_TIMEOUT))
+        .expect("agent");
+    drop(first);
+
+    let mut huge = frame(1, b"");
+    huge[..4].copy_from_slice(&u32::MAX.to_be_bytes());
+    let garbage: Vec<Vec<u8>> = vec![
+        b"\x00\x01\x02 not ttrpc at all \xff\xfe".repeat(50),
+        huge,
+        frame(1, b"\x0a\xff\xff\xff\xff\x0f"), // truncated protobuf Request
+        frame(2, &request("husk.agent.v1.Agent", "Handshake", b"\xff\xff")), // bad payload
+        frame(3, &request("husk.agent.v1.Agent", "NoSuchMethod", b"")),
+        frame(4, &request("no.such.Service", "Check", b"")),
+        frame(
+            6,
+            &request("husk.agent.v1.Agent", "Handshake", &[b'x'; 8192]),
+        ),
+        frame(1, &[0u8; 64])[..30].to_vec(), // cut off mid-frame
+    ];
+    for round in 0..5 {
+        for (i, bytes) in garbage.iter().enumerate() {
+            let mut s = vm
+                .connect(AGENT_PORT, Duration::from_secs(30))
+                .unwrap_or_else(|e| panic!("round {round} case {i}: {e}"));
+            // The agent may close the connection as soon as it sees garbage: that is fine.
+            let _ = s.write_all(bytes);
+        }
+    }
+
+    runtime().block_on(async {
+        let client = AgentClient::connect(vm.vsock_path(), AGENT_TIMEOUT)
+            .await
+            .expect("agent after the burst");
+        client.check().await.expect("Check after the burst");
+    });
+    let restarts = vm
+        .serial()
+        .last_lines(500)
+        .into_iter()
+        .filter(|l| l.contains("service exited"))
+        .count();
+    assert_eq!(
+        restarts,
+        0,
+        "the agent died during the burst: {:?}",
+        vm.serial().last_lines(30)
+    );
+    vm.shutdown(SHUTDOWN_TIMEOUT).expect("clean shutdown");
+    h.finish(vm);
+}
