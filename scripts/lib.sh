@@ -17,7 +17,8 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # Debian packages for running VMs and building images (the kernel build installs its own).
 install_packages() {
-    local want=(qemu-system-x86 busybox-static gcc libc6-dev) missing=()
+    # libcap-ng-dev and libseccomp-dev: to build virtiofsd (cargo install, below).
+    local want=(qemu-system-x86 busybox-static gcc libc6-dev libcap-ng-dev libseccomp-dev) missing=()
     for p in "${want[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
     done
@@ -27,7 +28,7 @@ install_packages() {
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
-        step "Debian packages present (qemu-system-x86, busybox-static)"
+        step "Debian packages present (${want[*]})"
     fi
 }
 
@@ -38,6 +39,12 @@ install_tools() {
         cargo install --locked -j"$JOBS" vhost-device-vsock
     else
         step "vhost-device-vsock present: $(command -v vhost-device-vsock)"
+    fi
+    if ! command -v virtiofsd >/dev/null; then
+        step "installing virtiofsd (shares host directories into the guest; ~2 min)"
+        cargo install --locked -j"$JOBS" virtiofsd
+    else
+        step "virtiofsd present: $(command -v virtiofsd)"
     fi
 }
 

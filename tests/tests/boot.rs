@@ -154,3 +154,39 @@ fn vsock_to_a_port_nobody_listens_on_is_a_clear_error_and_pause_resume_work() {
         .expect("clean shutdown after pause/resume");
     h.finish(vm);
 }
+
+#[test]
+fn a_host_directory_is_shared_into_the_guest_with_virtio_fs() {
+    let h = Harness::new();
+    let shared = h.scratch().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::write(shared.join("hello.txt"), "from-the-host\n").unwrap();
+    let mut config = h.config(&h.image("debug"));
+    config.shares.push(husk_hypervisor::config::Share {
+        tag: "hostshare".into(),
+        host_dir: shared.clone(),
+        read_only: false,
+    });
+    let (mut vm, _) = h.boot_ready(&config);
+    assert_eq!(vm.pids().len(), 3, "qemu, vsock back end and one virtiofsd");
+
+    let read = console_run(
+        &vm,
+        "mkdir -p /mnt/s && mount -t virtiofs hostshare /mnt/s && echo \"F:$(cat /mnt/s/hello.txt)\"",
+        "F:",
+    );
+    assert_eq!(read.trim(), "F:from-the-host");
+    let wrote = console_run(
+        &vm,
+        "echo guest-wrote > /mnt/s/back.txt && sync && echo W:done",
+        "W:",
+    );
+    assert_eq!(wrote.trim(), "W:done");
+    assert_eq!(
+        std::fs::read_to_string(shared.join("back.txt")).unwrap(),
+        "guest-wrote\n"
+    );
+
+    vm.shutdown(SHUTDOWN_TIMEOUT).expect("clean shutdown");
+    h.finish(vm);
+}

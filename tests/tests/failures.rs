@@ -141,3 +141,18 @@ fn a_vm_dropped_mid_boot_leaves_nothing() {
     drop(vm);
     assert_no_leaks(&run_dir, &pids);
 }
+
+#[test]
+fn a_bad_shared_directory_is_refused_before_the_vm_starts() {
+    let h = Harness::new();
+    let mut config = h.config(&h.image("default"));
+    config.shares.push(husk_hypervisor::config::Share {
+        tag: "rootfs".into(),
+        host_dir: h.scratch().join("missing"),
+        read_only: true,
+    });
+    let err = h.hv.boot(&config).unwrap_err();
+    assert!(matches!(err, VmError::BadShare(_)), "{err}");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    run_root_is_empty(&h);
+}

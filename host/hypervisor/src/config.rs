@@ -14,6 +14,43 @@ pub const DEFAULT_RUN_ROOT: &str = "/run/husk/vms";
 /// Where per-VM logs are kept by default.
 pub const DEFAULT_LOG_ROOT: &str = "/var/log/husk/vms";
 
+/// A host directory shared into the guest with virtio-fs; the guest mounts it with
+/// `mount -t virtiofs <tag> <dir>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    pub tag: String,
+    pub host_dir: PathBuf,
+    pub read_only: bool,
+}
+
+/// Longest virtio-fs tag (the device's config field is 36 bytes).
+pub const MAX_TAG: usize = 36;
+
+impl Share {
+    /// Checks the tag: 1..=36 bytes of `[A-Za-z0-9_-]` (it also names a socket file).
+    pub fn validate(&self) -> Result<(), String> {
+        let ok = !self.tag.is_empty()
+            && self.tag.len() <= MAX_TAG
+            && self
+                .tag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !ok {
+            return Err(format!(
+                "virtio-fs tag {:?} must be 1-{MAX_TAG} of [A-Za-z0-9_-]",
+                self.tag
+            ));
+        }
+        if !self.host_dir.is_dir() {
+            return Err(format!(
+                "shared directory {} does not exist",
+                self.host_dir.display()
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Boot configuration of one VM.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -32,6 +69,8 @@ pub struct VmConfig {
     /// Deterministic instruction counting under TCG (`-icount shift=0,sleep=off`): guest time
     /// advances one nanosecond per instruction. For benchmarks.
     pub icount: bool,
+    /// Host directories shared into the guest (one virtiofsd each).
+    pub shares: Vec<Share>,
 }
 
 impl VmConfig {
@@ -47,6 +86,7 @@ impl VmConfig {
             run_root: DEFAULT_RUN_ROOT.into(),
             log_root: DEFAULT_LOG_ROOT.into(),
             icount: false,
+            shares: Vec::new(),
         }
     }
 
@@ -95,6 +135,25 @@ pub(crate) fn base36(mut n: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn share_tags_are_checked() {
+        let share = |tag: &str| Share {
+            tag: tag.into(),
+            host_dir: "/".into(),
+            read_only: false,
+        };
+        assert!(share("rootfs").validate().is_ok());
+        assert!(share("").validate().is_err());
+        assert!(share("../x").validate().is_err());
+        assert!(share(&"a".repeat(37)).validate().is_err());
+        let missing = Share {
+            tag: "a".into(),
+            host_dir: "/nonexistent/dir".into(),
+            read_only: true,
+        };
+        assert!(missing.validate().unwrap_err().contains("does not exist"));
+    }
 
     #[test]
     fn ids_are_unique_and_short() {

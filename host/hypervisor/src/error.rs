@@ -47,6 +47,8 @@ pub enum VmError {
         path: PathBuf,
         fix: &'static str,
     },
+    #[error("invalid shared directory: {0}")]
+    BadShare(String),
     #[error("cannot start {what}: {source}")]
     Spawn {
         what: &'static str,

@@ -16,6 +16,8 @@ pub struct HostPaths {
     pub qemu: PathBuf,
     /// The vhost-user vsock back end, or a bare name looked up in `$PATH`.
     pub vsock_backend: PathBuf,
+    /// The virtio-fs daemon, or a bare name looked up in `$PATH`.
+    pub virtiofsd: PathBuf,
 }
 
 impl HostPaths {
@@ -26,6 +28,7 @@ impl HostPaths {
             cpuinfo: "/proc/cpuinfo".into(),
             qemu: "qemu-system-x86_64".into(),
             vsock_backend: "vhost-device-vsock".into(),
+            virtiofsd: "virtiofsd".into(),
         }
     }
 }

@@ -5,7 +5,7 @@
 //! Owns argument construction only: pure functions, unit-tested. Must never spawn anything.
 
 use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::backend::Accel;
 
@@ -22,6 +22,8 @@ pub struct QemuArgs<'a> {
     pub cmdline: &'a str,
     pub vhost_vsock_socket: &'a Path,
     pub qmp_socket: &'a Path,
+    /// virtio-fs devices: (tag, virtiofsd socket).
+    pub shares: &'a [(String, PathBuf)],
 }
 
 /// The guest kernel command line: serial console, leave on reset (the VM has no ACPI power-off:
@@ -107,6 +109,15 @@ pub fn argv(a: &QemuArgs<'_>) -> Vec<OsString> {
         "-device".into(),
         "vhost-user-vsock-device,chardev=vsock".into(),
     ]);
+    for (i, (tag, socket)) in a.shares.iter().enumerate() {
+        let mut chardev = OsString::from(format!("socket,id=fs{i},path="));
+        chardev.push(socket);
+        v.extend(["-chardev".into(), chardev]);
+        v.extend([
+            "-device".into(),
+            format!("vhost-user-fs-device,chardev=fs{i},tag={tag}").into(),
+        ]);
+    }
     let mut qmp = OsString::from("unix:");
     qmp.push(a.qmp_socket);
     qmp.push(",server=on,wait=off");
@@ -130,6 +141,7 @@ mod tests {
             cmdline: "console=ttyS0",
             vhost_vsock_socket: Path::new("/run/x/vhost-vsock.sock"),
             qmp_socket: Path::new("/run/x/qmp.sock"),
+            shares: &[("rootfs".to_owned(), PathBuf::from("/run/x/fs-rootfs.sock"))],
         };
         argv(&a)
             .into_iter()
@@ -145,6 +157,8 @@ mod tests {
         assert!(v.contains(&"microvm,acpi=off,memory-backend=mem".to_owned()));
         assert!(v.contains(&"-no-reboot".to_owned()));
         assert!(v.contains(&"socket,id=vsock,path=/run/x/vhost-vsock.sock".to_owned()));
+        assert!(v.contains(&"socket,id=fs0,path=/run/x/fs-rootfs.sock".to_owned()));
+        assert!(v.contains(&"vhost-user-fs-device,chardev=fs0,tag=rootfs".to_owned()));
     }
 
     #[test]

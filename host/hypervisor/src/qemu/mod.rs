@@ -38,8 +38,13 @@ const QMP_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct QemuBackend {
     plan: Plan,
     vsock_backend: PathBuf,
+    /// Only needed by VMs with shared directories.
+    virtiofsd: Option<PathBuf>,
     tsc_khz: Option<u64>,
 }
+
+const VIRTIOFSD_FIX: &str =
+    "install it with `apt-get install libcap-ng-dev libseccomp-dev && cargo install --locked virtiofsd`";
 
 impl QemuBackend {
     /// Resolves the tools the back end needs on the host described by `paths`.
@@ -53,6 +58,7 @@ impl QemuBackend {
         Ok(Self {
             plan,
             vsock_backend,
+            virtiofsd: host_probe::find_program(&paths.virtiofsd),
             tsc_khz: host_probe::tsc_khz(paths),
         })
     }
@@ -67,6 +73,7 @@ impl QemuBackend {
 struct QemuMachine {
     qemu: ChildProcess,
     vsock: ChildProcess,
+    virtiofsd: Vec<ChildProcess>,
     qmp: PathBuf,
     qemu_log: PathBuf,
 }
@@ -93,10 +100,15 @@ impl Machine for QemuMachine {
     fn kill(&mut self) {
         self.qemu.kill();
         self.vsock.kill();
+        for d in &mut self.virtiofsd {
+            d.kill();
+        }
     }
 
     fn pids(&self) -> Vec<u32> {
-        vec![self.qemu.pid(), self.vsock.pid()]
+        let mut pids = vec![self.qemu.pid(), self.vsock.pid()];
+        pids.extend(self.virtiofsd.iter().map(ChildProcess::pid));
+        pids
     }
 
     fn diagnostics(&self) -> Option<String> {
@@ -118,6 +130,29 @@ fn log_file(path: &Path) -> Result<std::fs::File, VmError> {
     std::fs::File::create(path).map_err(VmError::io(format!("creating {}", path.display())))
 }
 
+/// Starts a vhost-user back end (logging to `log`) and waits for its socket.
+fn spawn_backend(
+    what: &'static str,
+    program: &Path,
+    args: &[std::ffi::OsString],
+    socket: &Path,
+    log: &Path,
+) -> Result<ChildProcess, VmError> {
+    let mut cmd = Command::new(program);
+    die_with_parent(&mut cmd);
+    let child = cmd
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log_file(log)?)
+        .stderr(log_file(log)?)
+        .spawn()
+        .map_err(|source| VmError::Spawn { what, source })?;
+    let mut backend =
+        ChildProcess::new(what, child).map_err(|source| VmError::Spawn { what, source })?;
+    wait_for_socket(&mut backend, socket, log)?;
+    Ok(backend)
+}
+
 /// Waits until the back end's socket exists, failing early if the back end dies.
 fn wait_for_socket(backend: &mut ChildProcess, socket: &Path, log: &Path) -> Result<(), VmError> {
     let deadline = Instant::now() + BACKEND_START;
@@ -127,13 +162,13 @@ fn wait_for_socket(backend: &mut ChildProcess, socket: &Path, log: &Path) -> Res
         }
         if backend.try_status().is_some() {
             return Err(VmError::BackendFailed {
-                what: "vhost-device-vsock",
+                what: backend.name(),
                 detail: log_tail(log),
             });
         }
         if Instant::now() >= deadline {
             return Err(VmError::BackendFailed {
-                what: "vhost-device-vsock",
+                what: backend.name(),
                 detail: format!(
                     "no socket at {} after {BACKEND_START:?}; {}",
                     socket.display(),
@@ -158,6 +193,9 @@ impl Hypervisor for QemuBackend {
     fn boot(&self, config: &VmConfig) -> Result<Vm, VmError> {
         boot_files::check_kernel(&config.kernel)?;
         boot_files::check_initrd(&config.initrd)?;
+        for share in &config.shares {
+            share.validate().map_err(VmError::BadShare)?;
+        }
 
         let log_dir = config.log_dir();
         // Removed again on every early return below (and by the Vm once it owns it).
@@ -177,25 +215,43 @@ impl Hypervisor for QemuBackend {
         vm_arg.push(&vhost_socket);
         vm_arg.push(",uds-path=");
         vm_arg.push(&vsock_path);
-        let mut cmd = Command::new(&self.vsock_backend);
-        die_with_parent(&mut cmd);
-        let child = cmd
-            .arg("--vm")
-            .arg(vm_arg)
-            .stdin(Stdio::null())
-            .stdout(log_file(&vsock_log)?)
-            .stderr(log_file(&vsock_log)?)
-            .spawn()
-            .map_err(|source| VmError::Spawn {
-                what: "vhost-device-vsock",
-                source,
-            })?;
-        let mut vsock =
-            ChildProcess::new("vhost-device-vsock", child).map_err(|source| VmError::Spawn {
-                what: "vhost-device-vsock",
-                source,
-            })?;
-        wait_for_socket(&mut vsock, &vhost_socket, &vsock_log)?;
+        let vsock = spawn_backend(
+            "vhost-device-vsock",
+            &self.vsock_backend,
+            &["--vm".into(), vm_arg],
+            &vhost_socket,
+            &vsock_log,
+        )?;
+
+        let mut virtiofsd = Vec::new();
+        let mut shares = Vec::new();
+        for share in &config.shares {
+            let program = self
+                .virtiofsd
+                .as_ref()
+                .ok_or_else(|| VmError::ToolMissing {
+                    what: "virtiofsd (needed for shared directories)",
+                    path: "virtiofsd".into(),
+                    fix: VIRTIOFSD_FIX,
+                })?;
+            let socket = run_dir.join(format!("fs-{}.sock", share.tag));
+            let mut args: Vec<std::ffi::OsString> =
+                vec!["--shared-dir".into(), share.host_dir.clone().into()];
+            args.extend(["--socket-path".into(), socket.clone().into()]);
+            // Direct I/O through the shared memfd: ~0.9 GB/s under TCG against ~0.15 with caching.
+            args.extend([
+                "--cache".into(),
+                "never".into(),
+                "--sandbox".into(),
+                "namespace".into(),
+            ]);
+            if share.read_only {
+                args.push("--readonly".into());
+            }
+            let log = log_dir.join(format!("virtiofsd-{}.log", share.tag));
+            virtiofsd.push(spawn_backend("virtiofsd", program, &args, &socket, &log)?);
+            shares.push((share.tag.clone(), socket));
+        }
 
         let cmdline = kernel_cmdline(
             if config.icount { None } else { self.tsc_khz },
@@ -212,6 +268,7 @@ impl Hypervisor for QemuBackend {
             cmdline: &cmdline,
             vhost_vsock_socket: &vhost_socket,
             qmp_socket: &qmp_socket,
+            shares: &shares,
         };
         let qemu_log = log_dir.join("qemu.log");
         let launched_at = Instant::now();
@@ -247,6 +304,7 @@ impl Hypervisor for QemuBackend {
             machine: Box::new(QemuMachine {
                 qemu,
                 vsock,
+                virtiofsd,
                 qmp: qmp_socket,
                 qemu_log,
             }),
