@@ -18,6 +18,24 @@ pub const MINOR: u32 = 0;
 pub mod capability {
     /// `GetGuestDetails` is served.
     pub const GUEST_DETAILS: &str = "guest-details";
+    /// Container lifecycle RPCs with a basic jail (mount, pid, uts, ipc namespaces).
+    pub const CONTAINERS: &str = "containers";
+    /// Per-process stdio on dedicated `husk.stdio.v1` vsock streams.
+    pub const STDIO_STREAMS: &str = "stdio-streams";
+}
+
+/// Longest container or exec id.
+pub const MAX_ID: usize = 64;
+
+/// Checks a container or exec id: 1-64 of `[A-Za-z0-9_.-]`, not starting with `.` (ids name
+/// directories in the guest, so `..` and `/` must never pass).
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
 }
 
 /// Why the host will not talk to an agent.
@@ -68,6 +86,14 @@ mod tests {
         assert!(e.contains("husk.agent.v2") && e.contains("major 2"), "{e}");
         assert!(e.contains("husk.agent.v1") && e.contains("major 1"), "{e}");
         assert!(e.contains("9.9.9"), "{e}");
+    }
+
+    #[test]
+    fn ids() {
+        assert!(valid_id("c1") && valid_id("my.container-2_x"));
+        for bad in ["", ".", "..", "../x", "a/b", "a b", &"x".repeat(65)] {
+            assert!(!valid_id(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -14,3 +14,4 @@ pub mod health;
 pub mod init;
 pub mod manifest;
 pub mod ports;
+pub mod stdio;

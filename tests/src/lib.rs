@@ -190,3 +190,36 @@ pub fn manifest_of(image: &Path) -> husk_protocols::manifest::ImageManifest {
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_slice(&bytes).expect("manifest JSON")
 }
+
+/// A container root filesystem made of Debian's static busybox and its applet links
+/// (relative, so they resolve inside and outside the container alike).
+pub fn busybox_rootfs(dir: &Path) -> PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).expect("rootfs/bin");
+    std::fs::copy("/bin/busybox", bin.join("busybox"))
+        .expect("copying /bin/busybox (busybox-static)");
+    let list = Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" && !applet.is_empty() && !applet.contains('/') {
+            std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("applet link");
+        }
+    }
+    for d in ["proc", "dev", "sys", "tmp", "etc"] {
+        std::fs::create_dir_all(dir.join(d)).expect("rootfs dir");
+    }
+    dir.to_owned()
+}
+
+/// An OCI runtime spec (runc's defaults) running `args` with PATH=/bin, as JSON.
+pub fn spec_json(args: &[&str], edit: impl FnOnce(&mut serde_json::Value)) -> String {
+    let mut v = serde_json::to_value(oci_spec::runtime::Spec::default()).expect("default spec");
+    v["process"]["args"] = serde_json::json!(args);
+    v["process"]["env"] = serde_json::json!(["PATH=/bin", "HOME=/"]);
+    v["process"]["terminal"] = false.into();
+    v["hostname"] = "box".into();
+    edit(&mut v);
+    v.to_string()
+}

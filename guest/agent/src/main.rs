@@ -4,6 +4,7 @@
 //! This file owns start-up, the listener and signal handling. Request handling lives in
 //! [`rpc`]; it must never run here.
 
+mod container;
 mod guest_info;
 mod rpc;
 
@@ -37,16 +38,20 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(address: &str) -> anyhow::Result<()> {
+    let containers = std::sync::Arc::new(container::Containers::new(container::CONTAINERS_DIR));
+    let stdio = tokio::spawn(container::stdio::serve(containers.clone()));
     let mut server = ttrpc::r#async::Server::new()
         .bind(address)
         .with_context(|| format!("listening on {address}"))?
-        .register_service(rpc::AgentService::new("/").services());
+        .register_service(rpc::AgentService::new("/", containers).services());
     server.start().await.context("starting the ttrpc server")?;
     tracing::info!(address, "husk-agent {} serving", env!("CARGO_PKG_VERSION"));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    term.recv().await;
-    tracing::info!("stopping");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("stopping"),
+        r = stdio => anyhow::bail!("the stdio listener stopped: {r:?}"),
+    }
     server
         .shutdown()
         .await

@@ -8,11 +8,14 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use husk_protocols::agent::{
-    self, capability, GuestDetails, GuestDetailsRequest, HandshakeRequest, HandshakeResponse,
+    self, capability, CreateContainerRequest, Empty, GuestDetails, GuestDetailsRequest,
+    HandshakeRequest, HandshakeResponse, ProcessRef, RemoveContainerRequest, SignalProcessRequest,
+    StartContainerRequest, StartContainerResponse, WaitProcessResponse,
 };
 use husk_protocols::health::{self, check_response::ServingStatus, CheckRequest, CheckResponse};
 use ttrpc::r#async::TtrpcContext;
 
+use crate::container::{ContainerError, Containers};
 use crate::guest_info;
 
 /// Longest string field accepted in a request.
@@ -23,6 +26,12 @@ pub const MAX_FIELD: usize = 4096;
 pub struct AgentService {
     /// Root of the guest filesystem (`/`; a temporary tree in tests).
     root: PathBuf,
+    containers: Arc<Containers>,
+}
+
+fn container_error(e: ContainerError) -> ttrpc::Error {
+    tracing::warn!(error = %e, "request refused");
+    rpc_error(e.code(), e.to_string())
 }
 
 /// A ttrpc error with a code and message.
@@ -44,8 +53,11 @@ fn bounded(field: &str, value: &str) -> ttrpc::Result<()> {
 }
 
 impl AgentService {
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+    pub fn new(root: impl Into<PathBuf>, containers: Arc<Containers>) -> Self {
+        Self {
+            root: root.into(),
+            containers,
+        }
     }
 
     /// The ttrpc services this agent serves.
@@ -65,7 +77,13 @@ impl AgentService {
             major: agent::MAJOR,
             minor: agent::MINOR,
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-            capabilities: vec![capability::GUEST_DETAILS.to_owned()],
+            capabilities: [
+                capability::GUEST_DETAILS,
+                capability::CONTAINERS,
+                capability::STDIO_STREAMS,
+            ]
+            .map(str::to_owned)
+            .to_vec(),
             ..Default::default()
         })
     }
@@ -96,6 +114,92 @@ impl agent::Agent for AgentService {
                 )
             })
     }
+
+    async fn create_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        bounded("container_id", &req.container_id)?;
+        bounded("rootfs_tag", &req.rootfs_tag)?;
+        self.containers
+            .create(&req.container_id, &req.oci_spec_json, &req.rootfs_tag)
+            .map_err(container_error)?;
+        Ok(Empty::default())
+    }
+
+    async fn start_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: StartContainerRequest,
+    ) -> ttrpc::Result<StartContainerResponse> {
+        bounded("container_id", &req.container_id)?;
+        let pid = self
+            .containers
+            .start(&req.container_id)
+            .map_err(container_error)?;
+        Ok(StartContainerResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    async fn wait_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ProcessRef,
+    ) -> ttrpc::Result<WaitProcessResponse> {
+        bounded("container_id", &req.container_id)?;
+        bounded("exec_id", &req.exec_id)?;
+        let exit_status = self
+            .containers
+            .wait(&req.container_id, &req.exec_id)
+            .await
+            .map_err(container_error)?;
+        Ok(WaitProcessResponse {
+            exit_status,
+            ..Default::default()
+        })
+    }
+
+    async fn signal_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: SignalProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        let p = req
+            .process
+            .as_ref()
+            .ok_or_else(|| rpc_error(ttrpc::Code::INVALID_ARGUMENT, "process is required"))?;
+        bounded("container_id", &p.container_id)?;
+        bounded("exec_id", &p.exec_id)?;
+        self.containers
+            .signal(&p.container_id, &p.exec_id, req.signal)
+            .map_err(container_error)?;
+        Ok(Empty::default())
+    }
+
+    async fn close_stdin(&self, _ctx: &TtrpcContext, req: ProcessRef) -> ttrpc::Result<Empty> {
+        bounded("container_id", &req.container_id)?;
+        bounded("exec_id", &req.exec_id)?;
+        self.containers
+            .close_stdin(&req.container_id, &req.exec_id)
+            .map_err(container_error)?;
+        Ok(Empty::default())
+    }
+
+    async fn remove_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: RemoveContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        bounded("container_id", &req.container_id)?;
+        self.containers
+            .remove(&req.container_id)
+            .await
+            .map_err(container_error)?;
+        Ok(Empty::default())
+    }
 }
 
 #[async_trait]
@@ -124,7 +228,7 @@ mod tests {
 
     #[test]
     fn handshake_announces_version_and_capabilities() {
-        let svc = AgentService::new("/");
+        let svc = AgentService::new("/", Arc::new(Containers::new("/nonexistent")));
         let r = svc
             .handshake_response(&HandshakeRequest {
                 host_protocol: agent::PROTOCOL.into(),
@@ -143,7 +247,7 @@ mod tests {
 
     #[test]
     fn oversized_fields_are_refused() {
-        let svc = AgentService::new("/");
+        let svc = AgentService::new("/", Arc::new(Containers::new("/nonexistent")));
         let req = HandshakeRequest {
             host_version: "x".repeat(MAX_FIELD + 1),
             ..Default::default()

@@ -10,10 +10,14 @@ use std::time::{Duration, Instant};
 
 use husk_hypervisor::vsock::{self, VsockError};
 use husk_protocols::agent::{
-    self, GuestDetails, GuestDetailsRequest, HandshakeRequest, HandshakeResponse,
+    self, CreateContainerRequest, GuestDetails, GuestDetailsRequest, HandshakeRequest,
+    HandshakeResponse, ProcessRef, RemoveContainerRequest, SignalProcessRequest,
+    StartContainerRequest,
 };
+use husk_protocols::frame::{read_frame, write_frame, FrameError};
 use husk_protocols::health::{self, CheckRequest, CheckResponse};
 use husk_protocols::ports::AGENT_PORT;
+use husk_protocols::stdio::{StreamKind, StreamOpen, StreamReply, STDIO_PORT};
 
 /// Why the agent could not be reached or used.
 #[derive(Debug, thiserror::Error)]
@@ -24,13 +28,75 @@ pub enum AgentError {
     Vsock(#[from] VsockError),
     #[error(transparent)]
     Incompatible(#[from] agent::Incompatible),
-    #[error("agent RPC {rpc} failed: {source}")]
+    #[error("agent RPC {rpc} failed: {}", describe(source))]
     Rpc {
         rpc: &'static str,
         source: ttrpc::Error,
     },
     #[error("cannot set up the agent connection: {0}")]
     Io(#[from] std::io::Error),
+    #[error("opening the {kind:?} stream of {container}: {detail}")]
+    Stream {
+        container: String,
+        kind: StreamKind,
+        detail: String,
+    },
+}
+
+/// A ttrpc error for people: the agent's status code and message as it wrote them.
+fn describe(e: &ttrpc::Error) -> String {
+    match e {
+        ttrpc::Error::RpcStatus(s) => match s.code.enum_value() {
+            Ok(code) => format!("{code:?}: {}", s.message),
+            Err(n) => format!("code {n}: {}", s.message),
+        },
+        other => other.to_string(),
+    }
+}
+
+impl AgentError {
+    /// The ttrpc status code, when the agent refused a request.
+    pub fn rpc_code(&self) -> Option<ttrpc::Code> {
+        match self {
+            AgentError::Rpc {
+                source: ttrpc::Error::RpcStatus(s),
+                ..
+            } => s.code.enum_value().ok(),
+            _ => None,
+        }
+    }
+}
+
+/// Opens one `husk.stdio.v1` stream of a container's process. Attach before StartContainer.
+pub fn open_stream(
+    vsock_path: &Path,
+    container: &str,
+    kind: StreamKind,
+    timeout: Duration,
+) -> Result<std::os::unix::net::UnixStream, AgentError> {
+    let err = |detail: String| AgentError::Stream {
+        container: container.to_owned(),
+        kind,
+        detail,
+    };
+    let mut s = vsock::connect(vsock_path, STDIO_PORT, timeout)?;
+    let open = StreamOpen {
+        protocol: husk_protocols::stdio::PROTOCOL.to_owned(),
+        container_id: container.to_owned(),
+        exec_id: String::new(),
+        stream: kind,
+    };
+    write_frame(&mut s, &open).map_err(|e| err(e.to_string()))?;
+    s.set_read_timeout(Some(timeout))?;
+    let reply: StreamReply = read_frame(&mut s).map_err(|e| match e {
+        FrameError::Closed => err("the agent closed the stream".into()),
+        e => err(e.to_string()),
+    })?;
+    if let Some(detail) = reply.error {
+        return Err(err(detail));
+    }
+    s.set_read_timeout(None)?;
+    Ok(s)
 }
 
 /// A connected, version-checked agent.
@@ -127,6 +193,106 @@ impl AgentClient {
             .await
             .map_err(|source| AgentError::Rpc {
                 rpc: "Check",
+                source,
+            })
+    }
+
+    fn process(container: &str) -> ProcessRef {
+        ProcessRef {
+            container_id: container.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    /// Creates a container from an OCI spec (JSON) on the virtio-fs share `rootfs_tag`.
+    pub async fn create_container(
+        &self,
+        id: &str,
+        spec_json: &str,
+        rootfs_tag: &str,
+    ) -> Result<(), AgentError> {
+        let req = CreateContainerRequest {
+            container_id: id.to_owned(),
+            oci_spec_json: spec_json.to_owned(),
+            rootfs_tag: rootfs_tag.to_owned(),
+            ..Default::default()
+        };
+        self.agent
+            .create_container(ctx(self.timeout), &req)
+            .await
+            .map(drop)
+            .map_err(|source| AgentError::Rpc {
+                rpc: "CreateContainer",
+                source,
+            })
+    }
+
+    /// Starts the container's process; returns its guest pid.
+    pub async fn start_container(&self, id: &str) -> Result<u32, AgentError> {
+        let req = StartContainerRequest {
+            container_id: id.to_owned(),
+            ..Default::default()
+        };
+        self.agent
+            .start_container(ctx(self.timeout), &req)
+            .await
+            .map(|r| r.pid)
+            .map_err(|source| AgentError::Rpc {
+                rpc: "StartContainer",
+                source,
+            })
+    }
+
+    /// Waits, without a deadline, for the process to exit and its output to be delivered.
+    pub async fn wait_process(&self, id: &str) -> Result<i32, AgentError> {
+        self.agent
+            .wait_process(ttrpc::context::Context::default(), &Self::process(id))
+            .await
+            .map(|r| r.exit_status)
+            .map_err(|source| AgentError::Rpc {
+                rpc: "WaitProcess",
+                source,
+            })
+    }
+
+    pub async fn signal_process(&self, id: &str, signal: u32) -> Result<(), AgentError> {
+        let req = SignalProcessRequest {
+            process: Some(Self::process(id)).into(),
+            signal,
+            ..Default::default()
+        };
+        self.agent
+            .signal_process(ctx(self.timeout), &req)
+            .await
+            .map(drop)
+            .map_err(|source| AgentError::Rpc {
+                rpc: "SignalProcess",
+                source,
+            })
+    }
+
+    pub async fn close_stdin(&self, id: &str) -> Result<(), AgentError> {
+        self.agent
+            .close_stdin(ctx(self.timeout), &Self::process(id))
+            .await
+            .map(drop)
+            .map_err(|source| AgentError::Rpc {
+                rpc: "CloseStdin",
+                source,
+            })
+    }
+
+    pub async fn remove_container(&self, id: &str) -> Result<(), AgentError> {
+        let req = RemoveContainerRequest {
+            container_id: id.to_owned(),
+            ..Default::default()
+        };
+        self.agent
+            .remove_container(ctx(self.timeout), &req)
+            .await
+            .map(drop)
+            .map_err(|source| AgentError::Rpc {
+                rpc: "RemoveContainer",
                 source,
             })
     }

@@ -1,0 +1,448 @@
+//! The basic jail: what a container's init process does between fork and exec. New mount, UTS
+//! and IPC namespaces (the PID namespace is entered by the spawning thread), the spec's mounts
+//! and device nodes under the rootfs, `pivot_root`, hostname, user and groups, cwd.
+//!
+//! Owns the order of those steps, behind [`JailSys`] so the order is unit-tested with a
+//! recording fake. Runs after `fork` in a process that had threads, so [`enter`] and the real
+//! [`LibcJail`] allocate nothing: every string is prepared in [`JailPlan::new`] beforehand.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::path::Path;
+
+use super::spec::ProcessPlan;
+
+/// Device nodes bind-mounted from the guest's /dev into the container's.
+const DEV_NODES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+/// Standard /dev symlinks (link name, target).
+const DEV_LINKS: &[(&str, &str)] = &[
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+    ("ptmx", "pts/ptmx"),
+];
+
+/// The system calls the jail makes.
+pub trait JailSys {
+    fn unshare(&mut self, flags: libc::c_int) -> io::Result<()>;
+    fn mount(
+        &mut self,
+        source: &CStr,
+        target: &CStr,
+        fstype: &CStr,
+        flags: libc::c_ulong,
+        data: &CStr,
+    ) -> io::Result<()>;
+    /// Creates a directory; an existing one is fine.
+    fn mkdir(&mut self, path: &CStr) -> io::Result<()>;
+    /// Creates an empty file (a bind-mount target); an existing one is fine.
+    fn touch(&mut self, path: &CStr) -> io::Result<()>;
+    /// Creates a symlink; an existing one is fine.
+    fn symlink(&mut self, target: &CStr, link: &CStr) -> io::Result<()>;
+    fn chdir(&mut self, path: &CStr) -> io::Result<()>;
+    /// `pivot_root(".", ".")` then detaches the old root stacked on top.
+    fn pivot_root_here(&mut self) -> io::Result<()>;
+    fn sethostname(&mut self, name: &CStr) -> io::Result<()>;
+    fn set_ids(&mut self, uid: u32, gid: u32, groups: &[libc::gid_t]) -> io::Result<()>;
+}
+
+#[derive(Debug)]
+struct PreparedMount {
+    source: CString,
+    target: CString,
+    fstype: CString,
+    flags: libc::c_ulong,
+    data: CString,
+    bind: bool,
+}
+
+/// Everything the child needs, as C strings, prepared before `fork`.
+#[derive(Debug)]
+pub struct JailPlan {
+    rootfs: CString,
+    mounts: Vec<PreparedMount>,
+    dev_nodes: Vec<(CString, CString)>,
+    dev_links: Vec<(CString, CString)>,
+    hostname: Option<CString>,
+    cwd: CString,
+    uid: u32,
+    gid: u32,
+    groups: Vec<libc::gid_t>,
+    empty: CString,
+}
+
+fn cstr(s: impl AsRef<[u8]>) -> io::Result<CString> {
+    CString::new(s.as_ref())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a jail path"))
+}
+
+fn under(rootfs: &Path, dest: &Path) -> io::Result<CString> {
+    cstr(
+        rootfs
+            .join(dest.strip_prefix("/").unwrap_or(dest))
+            .as_os_str()
+            .as_encoded_bytes(),
+    )
+}
+
+impl JailPlan {
+    /// Prepares the jail for `plan` with its root at `rootfs` (a guest path).
+    pub fn new(rootfs: &Path, plan: &ProcessPlan) -> io::Result<Self> {
+        let dev_is_tmpfs = plan
+            .mounts
+            .iter()
+            .any(|m| m.destination == Path::new("/dev") && !m.bind);
+        let mut mounts = Vec::new();
+        for m in &plan.mounts {
+            mounts.push(PreparedMount {
+                source: cstr(if m.source.is_empty() {
+                    m.fstype.as_str()
+                } else {
+                    m.source.as_str()
+                })?,
+                target: under(rootfs, &m.destination)?,
+                fstype: cstr(&m.fstype)?,
+                flags: m.flags,
+                data: cstr(&m.data)?,
+                bind: m.bind,
+            });
+        }
+        let (mut dev_nodes, mut dev_links) = (Vec::new(), Vec::new());
+        if dev_is_tmpfs {
+            for n in DEV_NODES {
+                dev_nodes.push((
+                    cstr(format!("/dev/{n}"))?,
+                    under(rootfs, &Path::new("/dev").join(n))?,
+                ));
+            }
+            for (link, target) in DEV_LINKS {
+                dev_links.push((cstr(target)?, under(rootfs, &Path::new("/dev").join(link))?));
+            }
+        }
+        Ok(Self {
+            rootfs: cstr(rootfs.as_os_str().as_encoded_bytes())?,
+            mounts,
+            dev_nodes,
+            dev_links,
+            hostname: plan.hostname.as_deref().map(cstr).transpose()?,
+            cwd: cstr(plan.cwd.as_os_str().as_encoded_bytes())?,
+            uid: plan.uid,
+            gid: plan.gid,
+            groups: plan.additional_gids.clone(),
+            empty: CString::default(),
+        })
+    }
+}
+
+/// Runs the jail set-up in the forked child. Allocates nothing.
+pub fn enter(sys: &mut impl JailSys, p: &JailPlan) -> io::Result<()> {
+    sys.unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC)?;
+    // Nothing done below may propagate back to the agent's mount namespace.
+    sys.mount(
+        &p.empty,
+        c"/",
+        &p.empty,
+        libc::MS_REC | libc::MS_PRIVATE,
+        &p.empty,
+    )?;
+    // pivot_root needs the new root to be a mount point.
+    sys.mount(
+        &p.rootfs,
+        &p.rootfs,
+        &p.empty,
+        libc::MS_BIND | libc::MS_REC,
+        &p.empty,
+    )?;
+    for m in &p.mounts {
+        if m.bind {
+            sys.touch_or_mkdir(&m.source, &m.target)?;
+            sys.mount(
+                &m.source,
+                &m.target,
+                &p.empty,
+                libc::MS_BIND | (m.flags & libc::MS_REC),
+                &p.empty,
+            )?;
+            if m.flags & libc::MS_RDONLY != 0 {
+                let remount = libc::MS_BIND | libc::MS_REMOUNT | (m.flags & !libc::MS_REC);
+                sys.mount(&p.empty, &m.target, &p.empty, remount, &p.empty)?;
+            }
+        } else {
+            sys.mkdir(&m.target)?;
+            sys.mount(&m.source, &m.target, &m.fstype, m.flags, &m.data)?;
+        }
+    }
+    for (src, target) in &p.dev_nodes {
+        sys.touch(target)?;
+        sys.mount(src, target, &p.empty, libc::MS_BIND, &p.empty)?;
+    }
+    for (target, link) in &p.dev_links {
+        sys.symlink(target, link)?;
+    }
+    sys.chdir(&p.rootfs)?;
+    sys.pivot_root_here()?;
+    sys.chdir(c"/")?;
+    if let Some(h) = &p.hostname {
+        sys.sethostname(h)?;
+    }
+    sys.set_ids(p.uid, p.gid, &p.groups)?;
+    sys.chdir(&p.cwd)
+}
+
+/// Bind-mount targets take the kind of their source.
+trait TouchOrMkdir {
+    fn touch_or_mkdir(&mut self, source: &CStr, target: &CStr) -> io::Result<()>;
+}
+
+impl<T: JailSys> TouchOrMkdir for T {
+    fn touch_or_mkdir(&mut self, source: &CStr, target: &CStr) -> io::Result<()> {
+        // SAFETY: `st` is a plain C struct filled by stat(2); `source` is NUL-terminated.
+        let is_dir = unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            libc::stat(source.as_ptr(), &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFDIR
+        };
+        if is_dir {
+            self.mkdir(target)
+        } else {
+            self.touch(target)
+        }
+    }
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn exists_ok(r: io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        other => other,
+    }
+}
+
+/// The real system calls.
+#[derive(Debug, Default)]
+pub struct LibcJail;
+
+impl JailSys for LibcJail {
+    fn unshare(&mut self, flags: libc::c_int) -> io::Result<()> {
+        // SAFETY: unshare(2) takes only flags.
+        check(unsafe { libc::unshare(flags) })
+    }
+
+    fn mount(
+        &mut self,
+        source: &CStr,
+        target: &CStr,
+        fstype: &CStr,
+        flags: libc::c_ulong,
+        data: &CStr,
+    ) -> io::Result<()> {
+        let opt = |s: &CStr| {
+            if s.is_empty() {
+                std::ptr::null()
+            } else {
+                s.as_ptr()
+            }
+        };
+        // SAFETY: every pointer is a NUL-terminated string that outlives the call, or null.
+        check(unsafe {
+            libc::mount(
+                opt(source),
+                target.as_ptr(),
+                opt(fstype),
+                flags,
+                opt(data).cast(),
+            )
+        })
+    }
+
+    fn mkdir(&mut self, path: &CStr) -> io::Result<()> {
+        // SAFETY: `path` is NUL-terminated.
+        exists_ok(check(unsafe { libc::mkdir(path.as_ptr(), 0o755) }))
+    }
+
+    fn touch(&mut self, path: &CStr) -> io::Result<()> {
+        // SAFETY: `path` is NUL-terminated; the returned fd is closed at once.
+        let fd = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                0o644,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened by us.
+        unsafe { libc::close(fd) };
+        Ok(())
+    }
+
+    fn symlink(&mut self, target: &CStr, link: &CStr) -> io::Result<()> {
+        // SAFETY: both are NUL-terminated.
+        exists_ok(check(unsafe {
+            libc::symlink(target.as_ptr(), link.as_ptr())
+        }))
+    }
+
+    fn chdir(&mut self, path: &CStr) -> io::Result<()> {
+        // SAFETY: `path` is NUL-terminated.
+        check(unsafe { libc::chdir(path.as_ptr()) })
+    }
+
+    fn pivot_root_here(&mut self) -> io::Result<()> {
+        let dot = c".";
+        // SAFETY: pivot_root(2) with two NUL-terminated paths.
+        let rc = unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) };
+        if rc == 0 {
+            // SAFETY: umount2(2) with a NUL-terminated path.
+            return check(unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) });
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINVAL) {
+            return Err(err);
+        }
+        // The guest's root is the initramfs, which pivot_root cannot move: move the container
+        // root over `/` in this mount namespace and chroot into it (runc's "no pivot" path).
+        // SAFETY: mount(2) with NUL-terminated paths and null type/data.
+        check(unsafe {
+            libc::mount(
+                dot.as_ptr(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_MOVE,
+                std::ptr::null(),
+            )
+        })?;
+        // SAFETY: chroot(2) with a NUL-terminated path.
+        check(unsafe { libc::chroot(dot.as_ptr()) })
+    }
+
+    fn sethostname(&mut self, name: &CStr) -> io::Result<()> {
+        // SAFETY: the pointer and length describe `name`'s bytes.
+        check(unsafe { libc::sethostname(name.as_ptr(), name.to_bytes().len()) })
+    }
+
+    fn set_ids(&mut self, uid: u32, gid: u32, groups: &[libc::gid_t]) -> io::Result<()> {
+        // SAFETY: the pointer and length describe `groups`.
+        check(unsafe { libc::setgroups(groups.len(), groups.as_ptr()) })?;
+        // SAFETY: plain id arguments.
+        check(unsafe { libc::setgid(gid) })?;
+        // SAFETY: plain id arguments.
+        check(unsafe { libc::setuid(uid) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::container::spec;
+
+    #[derive(Default)]
+    struct Recorder(Vec<String>);
+
+    fn s(c: &CStr) -> String {
+        c.to_string_lossy().into_owned()
+    }
+
+    impl JailSys for Recorder {
+        fn unshare(&mut self, flags: libc::c_int) -> io::Result<()> {
+            self.0.push(format!("unshare {flags:#x}"));
+            Ok(())
+        }
+        fn mount(
+            &mut self,
+            src: &CStr,
+            target: &CStr,
+            fstype: &CStr,
+            flags: libc::c_ulong,
+            _: &CStr,
+        ) -> io::Result<()> {
+            self.0.push(format!(
+                "mount {} {} {} {flags:#x}",
+                s(src),
+                s(target),
+                s(fstype)
+            ));
+            Ok(())
+        }
+        fn mkdir(&mut self, p: &CStr) -> io::Result<()> {
+            self.0.push(format!("mkdir {}", s(p)));
+            Ok(())
+        }
+        fn touch(&mut self, p: &CStr) -> io::Result<()> {
+            self.0.push(format!("touch {}", s(p)));
+            Ok(())
+        }
+        fn symlink(&mut self, t: &CStr, l: &CStr) -> io::Result<()> {
+            self.0.push(format!("symlink {} {}", s(l), s(t)));
+            Ok(())
+        }
+        fn chdir(&mut self, p: &CStr) -> io::Result<()> {
+            self.0.push(format!("chdir {}", s(p)));
+            Ok(())
+        }
+        fn pivot_root_here(&mut self) -> io::Result<()> {
+            self.0.push("pivot_root".into());
+            Ok(())
+        }
+        fn sethostname(&mut self, n: &CStr) -> io::Result<()> {
+            self.0.push(format!("hostname {}", s(n)));
+            Ok(())
+        }
+        fn set_ids(&mut self, uid: u32, gid: u32, groups: &[libc::gid_t]) -> io::Result<()> {
+            self.0.push(format!("ids {uid} {gid} {groups:?}"));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn default_spec_jail_order() {
+        let mut v = serde_json::to_value(oci_spec::runtime::Spec::default()).unwrap();
+        v["process"]["args"] = serde_json::json!(["/bin/sh"]);
+        v["process"]["cwd"] = "/work".into();
+        v["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 100, "additionalGids": [5]});
+        v["hostname"] = "box".into();
+        let plan = spec::parse(&v.to_string()).unwrap();
+        let jail = JailPlan::new(Path::new("/run/c/rootfs"), &plan).unwrap();
+        let mut rec = Recorder::default();
+        enter(&mut rec, &jail).unwrap();
+        let calls = rec.0;
+        let pos = |prefix: &str| {
+            calls
+                .iter()
+                .position(|c| c.starts_with(prefix))
+                .unwrap_or_else(|| panic!("{prefix} in {calls:#?}"))
+        };
+        assert_eq!(
+            calls[0],
+            format!(
+                "unshare {:#x}",
+                libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC
+            )
+        );
+        assert!(
+            calls[1].starts_with("mount  / "),
+            "root made private first: {}",
+            calls[1]
+        );
+        assert!(pos("mount proc /run/c/rootfs/proc proc") < pos("pivot_root"));
+        assert!(
+            pos("mount /dev/null /run/c/rootfs/dev/null")
+                > pos("mount tmpfs /run/c/rootfs/dev tmpfs")
+        );
+        assert!(pos("symlink /run/c/rootfs/dev/fd /proc/self/fd") < pos("pivot_root"));
+        assert!(pos("pivot_root") < pos("hostname box"));
+        assert!(
+            pos("hostname box") < pos("ids 1000 100 [5]"),
+            "hostname needs root"
+        );
+        assert_eq!(calls.last().unwrap(), "chdir /work");
+    }
+}
