@@ -96,8 +96,14 @@ impl Harness {
     pub fn husk(&self) -> Command {
         let mut c = Command::new(husk_binary());
         c.env(artifacts::RUN_ROOT_ENV, self.run_root())
-            .env(artifacts::LOG_ROOT_ENV, self.log_root());
+            .env(artifacts::LOG_ROOT_ENV, self.log_root())
+            .env("HUSK_STATE_DIR", self.state_dir());
         c
+    }
+
+    /// This test's sandbox state directory (`husk ps`).
+    pub fn state_dir(&self) -> PathBuf {
+        self.tmp.path().join("state")
     }
 }
 

@@ -1,6 +1,7 @@
 //! Exit codes, so scripts can tell a host problem from a guest problem.
 //!
-//! 0 success · 1 other error · 2 usage (clap) · 3 this host cannot run husk as set up (missing
+//! `husk run` exits with the container's code, or 125 when husk failed and 127 when the command
+//! is not in the image. Everything else: 0 success · 1 other error · 2 usage (clap) · 3 this host cannot run husk as set up (missing
 //! KVM/QEMU/tool, kernel or image) · 4 the guest failed (panic, early exit, no readiness,
 //! protocol). Owns the mapping only.
 
@@ -13,6 +14,12 @@ pub const GUEST_FAILED: u8 = 4;
 
 /// The exit code for an error chain.
 pub fn code_for(err: &anyhow::Error) -> ExitCode {
+    if let Some(r) = err
+        .chain()
+        .find_map(|e| e.downcast_ref::<crate::run::RunError>())
+    {
+        return ExitCode::from(r.code);
+    }
     let Some(vm) = err.chain().find_map(|e| e.downcast_ref::<VmError>()) else {
         return ExitCode::FAILURE;
     };

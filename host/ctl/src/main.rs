@@ -8,6 +8,9 @@ mod bench;
 mod check;
 mod exit;
 mod image;
+mod ps;
+mod run;
+mod state;
 mod table;
 mod vm;
 
@@ -35,6 +38,14 @@ struct Cli {
 enum Command {
     /// Can this host run husk, and how? (exit 0: yes, 3: no)
     Check {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command from an image in a fresh VM; its exit code becomes husk's.
+    Run(run::RunArgs),
+    /// List running sandboxes.
+    Ps {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -117,6 +128,20 @@ fn main() -> ExitCode {
     init_logging(&cli.log);
     let result = match cli.command {
         Command::Check { json } => check::run(json),
+        // Every failure of husk itself is 125, so it never reads as the container's own code.
+        Command::Run(args) => run::run(&args).map_err(|e| {
+            if e.chain()
+                .any(|c| c.downcast_ref::<run::RunError>().is_some())
+            {
+                e
+            } else {
+                anyhow::Error::new(run::RunError {
+                    code: run::RUN_FAILED,
+                    message: format!("{e:#}"),
+                })
+            }
+        }),
+        Command::Ps { json } => ps::run(json),
         Command::Vm(VmCommand::Boot { boot, json }) => vm::boot(&boot, json),
         Command::Image(ImageCommand::Build(args)) => image::build(&args),
         Command::Bench(BenchCommand::Boot(args)) => bench::boot(&args),

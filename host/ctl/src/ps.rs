@@ -1,0 +1,57 @@
+//! `husk ps`: the running sandboxes, as an aligned table or JSON.
+//!
+//! Owns presentation only; the records come from [`crate::state`].
+
+use std::process::ExitCode;
+
+use crate::state;
+
+fn age(created: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(created);
+    let s = now.saturating_sub(created);
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        _ => format!("{}h", s / 3600),
+    }
+}
+
+pub fn run(json: bool) -> anyhow::Result<ExitCode> {
+    let records = state::list();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&records)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<[String; 6]> = records
+        .iter()
+        .map(|r| {
+            [
+                r.id.clone(),
+                r.name.clone(),
+                r.image.clone(),
+                r.command.join(" "),
+                age(r.created),
+                r.backend.clone(),
+            ]
+        })
+        .collect();
+    let header = ["ID", "NAME", "IMAGE", "COMMAND", "AGE", "BACK END"].map(str::to_owned);
+    let mut widths = header.clone().map(|h| h.chars().count());
+    for row in &rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    for row in std::iter::once(&header).chain(&rows) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+    Ok(ExitCode::SUCCESS)
+}
