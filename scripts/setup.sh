@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Sets husk up on a Debian 12 machine and runs its main job: installs what it needs, builds the
-# guest kernel, husk and the guest images, checks the host, then boots a VM and prints its boot
-# report. Safe to run again: finished steps are skipped or cached.
+# guest kernel, husk and the guest images, checks the host, makes a busybox container image and
+# runs a container from it in its own VM. Safe to run again: finished steps are skipped or cached.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 prepare_all
 step "husk check"
 "$HUSK" check
-step "husk vm boot"
-"$HUSK" vm boot "$@"
-printf '\nhusk is at %s (try: %s vm boot --debug, %s bench boot)\n' "$HUSK" "$HUSK" "$HUSK"
+step "husk image busybox (a container image from Debian's busybox-static; no registry needed)"
+"$HUSK" image busybox
+step "husk run busybox: a container in its own VM"
+"$HUSK" run "${HUSK_HOME:-/var/lib/husk}/containers/busybox" -- \
+    sh -c 'echo "hello from a husk container: $(uname -sr), pid $$, hostname $(hostname)"'
+printf '\nhusk is at %s (try: %s vm boot, %s run -i IMAGE -- sh, %s ps, %s bench boot)\n' \
+    "$HUSK" "$HUSK" "$HUSK" "$HUSK" "$HUSK"

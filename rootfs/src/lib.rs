@@ -8,6 +8,7 @@
 //! host state beyond the input files it is given (so identical inputs give identical bytes).
 
 pub mod builder;
+pub mod container_rootfs;
 pub mod cpio;
 pub mod elf;
 pub mod tree;

@@ -197,26 +197,10 @@ pub fn manifest_of(image: &Path) -> husk_protocols::manifest::ImageManifest {
     serde_json::from_slice(&bytes).expect("manifest JSON")
 }
 
-/// A container root filesystem made of Debian's static busybox and its applet links
-/// (relative, so they resolve inside and outside the container alike).
+/// A container root filesystem made of Debian's static busybox, as `husk image busybox` makes it.
 pub fn busybox_rootfs(dir: &Path) -> PathBuf {
-    let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin).expect("rootfs/bin");
-    std::fs::copy("/bin/busybox", bin.join("busybox"))
-        .expect("copying /bin/busybox (busybox-static)");
-    let list = Command::new("/bin/busybox")
-        .arg("--list")
-        .output()
-        .expect("busybox --list");
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet != "busybox" && !applet.is_empty() && !applet.contains('/') {
-            std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("applet link");
-        }
-    }
-    for d in ["proc", "dev", "sys", "tmp", "etc"] {
-        std::fs::create_dir_all(dir.join(d)).expect("rootfs dir");
-    }
-    dir.to_owned()
+    husk_image::container_rootfs::busybox_rootfs(Path::new("/bin/busybox"), dir)
+        .expect("busybox rootfs")
 }
 
 /// An OCI runtime spec (runc's defaults) running `args` with PATH=/bin, as JSON.

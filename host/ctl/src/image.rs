@@ -1,7 +1,7 @@
 //! `husk image build`: builds a guest image with [`husk_image`] and says what it made.
 //!
-//! Owns the command's flags and defaults. Must never build binaries itself: it takes the
-//! statically linked husk-init it is given.
+//! Owns the commands' flags and defaults (`build`: guest images; `busybox`: a container image).
+//! Must never build binaries itself: it takes the statically linked binaries it is given.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -96,6 +96,35 @@ pub fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
         r.manifest.build_id,
         components.join(", "),
         r.manifest_path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Flags of `husk image busybox`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BusyboxArgs {
+    /// Statically linked busybox.
+    #[arg(long, default_value = "/bin/busybox")]
+    busybox: PathBuf,
+    /// Output directory (default: $HUSK_HOME/containers/busybox).
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+}
+
+pub fn busybox(args: &BusyboxArgs) -> anyhow::Result<ExitCode> {
+    let out = args
+        .output
+        .clone()
+        .unwrap_or_else(|| artifacts::container_image("busybox"));
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let dir = husk_image::container_rootfs::busybox_rootfs(&args.busybox, &out)?;
+    println!(
+        "busybox container image: {} (run it: husk run {} -- sh -c 'echo hi')",
+        dir.display(),
+        dir.display()
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -103,6 +103,8 @@ enum VmCommand {
 enum ImageCommand {
     /// Build a guest image (reproducible initramfs with husk-init and a manifest).
     Build(image::BuildArgs),
+    /// Make a busybox container image (a root filesystem) from Debian's busybox-static.
+    Busybox(image::BusyboxArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,6 +146,7 @@ fn main() -> ExitCode {
         Command::Ps { json } => ps::run(json),
         Command::Vm(VmCommand::Boot { boot, json }) => vm::boot(&boot, json),
         Command::Image(ImageCommand::Build(args)) => image::build(&args),
+        Command::Image(ImageCommand::Busybox(args)) => image::busybox(&args),
         Command::Bench(BenchCommand::Boot(args)) => bench::boot(&args),
     };
     match result {

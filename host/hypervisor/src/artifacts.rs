@@ -35,6 +35,11 @@ pub fn image(flavour: &str) -> PathBuf {
     home().join("images").join(format!("{flavour}.cpio"))
 }
 
+/// A container image husk made itself (e.g. `busybox`), as a root filesystem directory.
+pub fn container_image(name: &str) -> PathBuf {
+    home().join("containers").join(name)
+}
+
 /// Root of per-VM socket directories.
 pub fn run_root() -> PathBuf {
     env_or(RUN_ROOT_ENV, crate::config::DEFAULT_RUN_ROOT)
