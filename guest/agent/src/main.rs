@@ -39,7 +39,13 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(address: &str) -> anyhow::Result<()> {
     let containers = std::sync::Arc::new(container::Containers::new(container::CONTAINERS_DIR));
-    let stdio = tokio::spawn(container::stdio::serve(containers.clone()));
+    // `--no-stdio` runs the RPC server alone, e.g. on a host without vsock as a benchmark's
+    // reference; in the guest the stdio listener is part of the agent and its failure is fatal.
+    let stdio = if std::env::args().any(|a| a == "--no-stdio") {
+        tokio::spawn(std::future::pending())
+    } else {
+        tokio::spawn(container::stdio::serve(containers.clone()))
+    };
     let mut server = ttrpc::r#async::Server::new()
         .bind(address)
         .with_context(|| format!("listening on {address}"))?

@@ -151,6 +151,21 @@ impl AgentClient {
     /// each RPC.
     pub async fn connect(vsock_path: &Path, timeout: Duration) -> Result<Self, AgentError> {
         let stream = open(vsock_path, timeout).await?;
+        Self::over(stream, timeout).await
+    }
+
+    /// Connects to an agent serving on a plain Unix socket (an agent run on the host as a
+    /// benchmark's reference) and handshakes.
+    pub async fn connect_unix(path: &Path, timeout: Duration) -> Result<Self, AgentError> {
+        let stream = std::os::unix::net::UnixStream::connect(path)?;
+        Self::over(stream, timeout).await
+    }
+
+    /// Handshakes over an open stream to the agent.
+    async fn over(
+        stream: std::os::unix::net::UnixStream,
+        timeout: Duration,
+    ) -> Result<Self, AgentError> {
         stream.set_nonblocking(true)?;
         let stream = tokio::net::UnixStream::from_std(stream)?;
         let client = ttrpc::r#async::Client::new(ttrpc::r#async::transport::Socket::new(stream));

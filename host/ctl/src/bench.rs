@@ -105,14 +105,14 @@ fn boot_reference(hv: &dyn Hypervisor, cfg: &VmConfig) -> anyhow::Result<Sample>
 }
 
 #[derive(Debug, Serialize)]
-struct Stats {
-    min_ms: f64,
-    median_ms: f64,
-    max_ms: f64,
-    samples_ms: Vec<f64>,
+pub struct Stats {
+    pub min_ms: f64,
+    pub median_ms: f64,
+    pub max_ms: f64,
+    pub samples_ms: Vec<f64>,
 }
 
-fn stats(samples: &[Duration]) -> Stats {
+pub fn stats(samples: &[Duration]) -> Stats {
     let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
     let samples_ms = ms.clone();
     ms.sort_by(f64::total_cmp);

@@ -5,6 +5,7 @@
 //! own module and must never call `std::process::exit` itself.
 
 mod bench;
+mod bench_run;
 mod check;
 mod exit;
 mod image;
@@ -111,6 +112,8 @@ enum ImageCommand {
 enum BenchCommand {
     /// Boot time: husk's image against the same kernel with a busybox-only initramfs.
     Boot(bench::BootBenchArgs),
+    /// `husk run` latency, agent RPC round trip and stdout throughput against references.
+    Run(bench_run::RunBenchArgs),
 }
 
 fn init_logging(level: &str) {
@@ -148,6 +151,7 @@ fn main() -> ExitCode {
         Command::Image(ImageCommand::Build(args)) => image::build(&args),
         Command::Image(ImageCommand::Busybox(args)) => image::busybox(&args),
         Command::Bench(BenchCommand::Boot(args)) => bench::boot(&args),
+        Command::Bench(BenchCommand::Run(args)) => bench_run::run(&args),
     };
     match result {
         Ok(code) => code,

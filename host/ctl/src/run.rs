@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use husk_agent_client::{open_stream, AgentClient};
 use husk_hypervisor::config::Share;
+use husk_hypervisor::{Hypervisor, VmConfig};
 use husk_protocols::stdio::StreamKind;
 
 use crate::{state, vm, BootArgs};
@@ -60,20 +61,30 @@ pub struct RunError {
     pub message: String,
 }
 
-fn spec(args: &RunArgs, hostname: &str) -> anyhow::Result<String> {
+/// The OCI spec for these arguments (runc's defaults, the command, PATH and `-e` variables).
+pub fn spec(args: &RunArgs, hostname: &str) -> anyhow::Result<String> {
+    spec_for(&args.command, &args.env, hostname)
+}
+
+/// The OCI spec running `command` with `env` (KEY=VALUE) added to the defaults.
+pub fn spec_for(
+    command: &[String],
+    extra_env: &[String],
+    hostname: &str,
+) -> anyhow::Result<String> {
     let mut v = serde_json::to_value(oci_spec::runtime::Spec::default())?;
     let mut env = vec![
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
         "HOME=/root".to_owned(),
     ];
-    for kv in &args.env {
+    for kv in extra_env {
         let Some((k, _)) = kv.split_once('=') else {
             bail!("-e {kv:?}: expected KEY=VALUE")
         };
         env.retain(|e| !e.starts_with(&format!("{k}=")));
         env.push(kv.clone());
     }
-    v["process"]["args"] = serde_json::json!(args.command);
+    v["process"]["args"] = serde_json::json!(command);
     v["process"]["env"] = serde_json::json!(env);
     v["process"]["terminal"] = false.into();
     v["hostname"] = hostname.into();
@@ -146,9 +157,61 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     })
     .context("recording the sandbox in the state directory")?;
 
-    let timeout = Duration::from_secs(args.boot.timeout);
-    let mut vm = hv.boot(&cfg).context("booting the VM")?;
+    let io = Io::Terminal {
+        stdin: args.interactive,
+    };
+    let outcome = execute(
+        hv.as_ref(),
+        &cfg,
+        &spec,
+        io,
+        Duration::from_secs(args.boot.timeout),
+    )?;
+    let code = outcome.code;
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(RUN_FAILED)))
+}
+
+/// Where the container's standard streams go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Io {
+    /// husk's own stdout and stderr; stdin too when asked.
+    Terminal { stdin: bool },
+    /// Read and dropped (benchmarks).
+    Discard,
+}
+
+/// When each stage of a run finished, counted from the VM's launch.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Timings {
+    pub init_ready: Duration,
+    pub agent_ready: Duration,
+    pub started: Duration,
+    pub exited: Duration,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    pub code: i32,
+    pub timings: Timings,
+}
+
+/// Runs the container described by `spec` (rootfs on the `rootfs` share of `cfg`) in a VM of
+/// its own: boot, agent, create, attach, start, wait for exit and output, remove, shut down.
+pub fn execute(
+    hv: &dyn Hypervisor,
+    cfg: &VmConfig,
+    spec: &str,
+    io: Io,
+    timeout: Duration,
+) -> anyhow::Result<Outcome> {
+    let mut vm = hv.boot(cfg).context("booting the VM")?;
     vm.wait_ready(timeout).context("waiting for the guest")?;
+    let since = |t: std::time::Instant| t.saturating_duration_since(vm.launched_at());
+    let mut timings = Timings {
+        init_ready: since(std::time::Instant::now()),
+        ..Timings::default()
+    };
     let vsock = vm.vsock_path().to_owned();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -156,14 +219,23 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let id = "main";
     let code = rt.block_on(async {
         let client = AgentClient::connect(&vsock, timeout).await.context("connecting to the guest agent")?;
-        if let Err(e) = client.create_container(id, &spec, "rootfs").await {
+        timings.agent_ready = since(std::time::Instant::now());
+        if let Err(e) = client.create_container(id, spec, "rootfs").await {
             let not_found = e.to_string().contains("not found in $PATH");
             bail!(RunError { code: if not_found { COMMAND_NOT_FOUND } else { RUN_FAILED }, message: e.to_string() });
         }
-        let out = pump(open_stream(&vsock, id, StreamKind::Stdout, timeout)?, std::io::stdout());
-        let err = pump(open_stream(&vsock, id, StreamKind::Stderr, timeout)?, std::io::stderr());
-        let stdin = if args.interactive { Some(open_stream(&vsock, id, StreamKind::Stdin, timeout)?) } else { None };
+        let (out, err): (Box<dyn Write + Send>, Box<dyn Write + Send>) = match io {
+            Io::Terminal { .. } => (Box::new(std::io::stdout()), Box::new(std::io::stderr())),
+            Io::Discard => (Box::new(std::io::sink()), Box::new(std::io::sink())),
+        };
+        let out = pump(open_stream(&vsock, id, StreamKind::Stdout, timeout)?, out);
+        let err = pump(open_stream(&vsock, id, StreamKind::Stderr, timeout)?, err);
+        let stdin = match io {
+            Io::Terminal { stdin: true } => Some(open_stream(&vsock, id, StreamKind::Stdin, timeout)?),
+            _ => None,
+        };
         client.start_container(id).await.context("starting the container")?;
+        timings.started = since(std::time::Instant::now());
         let (stdin_done_tx, mut stdin_done) = tokio::sync::mpsc::channel::<()>(1);
         if let Some(mut s) = stdin {
             std::thread::spawn(move || {
@@ -185,6 +257,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         // WaitProcess answered after the guest wrote the last byte: drain it before exiting.
         let _ = out.join();
         let _ = err.join();
+        timings.exited = since(std::time::Instant::now());
         if let Err(e) = client.remove_container(id).await {
             tracing::warn!(error = %e, "removing the container");
         }
@@ -192,5 +265,5 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     })?;
     vm.shutdown(vm::SHUTDOWN_TIMEOUT)
         .context("shutting the VM down")?;
-    Ok(ExitCode::from(u8::try_from(code).unwrap_or(RUN_FAILED)))
+    Ok(Outcome { code, timings })
 }

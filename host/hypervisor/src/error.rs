@@ -85,8 +85,14 @@ pub enum VmError {
     VersionMismatch { guest: String, host: String },
     #[error(transparent)]
     Vsock(#[from] VsockError),
-    #[error("the guest did not shut down within {timeout:?}; the VM was killed")]
-    ShutdownTimeout { timeout: Duration },
+    #[error(
+        "the guest did not shut down within {timeout:?}; the VM was killed{}",
+        lines(last_lines)
+    )]
+    ShutdownTimeout {
+        timeout: Duration,
+        last_lines: Vec<String>,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,

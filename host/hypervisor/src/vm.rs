@@ -309,7 +309,10 @@ impl Vm {
             }
             None => {
                 self.machine.kill();
-                Err(VmError::ShutdownTimeout { timeout })
+                Err(VmError::ShutdownTimeout {
+                    timeout,
+                    last_lines: self.serial.last_lines(ERROR_LINES),
+                })
             }
         }
     }

@@ -186,16 +186,41 @@ fn resolve_program(rootfs: &Path, plan: &ProcessPlan) -> Result<PathBuf, Contain
     )))
 }
 
+/// Pipe capacity for a process's stdio: fewer, larger reads and vsock packets.
+const PIPE_SIZE: libc::c_int = 1 << 20;
+
 fn pipe() -> Result<(OwnedFd, OwnedFd), ContainerError> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| io_err("creating a pipe")(e.into()))
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| io_err("creating a pipe")(e.into()))?;
+    // Best effort: the default 64 KiB still works, only slower.
+    let _ = nix::fcntl::fcntl(
+        std::os::fd::AsRawFd::as_raw_fd(&r),
+        nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE),
+    );
+    Ok((r, w))
 }
+/// Copy buffer for output: large writes keep vsock packets full (8 KiB ones cost ~8× more).
+const COPY_BUF: usize = 256 * 1024;
 
 async fn copy_out(from: OwnedFd, mut to: VsockStream) {
+    use tokio::io::AsyncReadExt;
     match tokio::net::unix::pipe::Receiver::from_owned_fd(from) {
         Ok(mut rx) => {
-            if let Err(e) = tokio::io::copy(&mut rx, &mut to).await {
-                tracing::warn!(error = %e, "output stream broken");
+            let mut buf = vec![0u8; COPY_BUF];
+            loop {
+                match rx.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if let Err(e) = to.write_all(&buf[..n]).await {
+                            tracing::warn!(error = %e, "output stream broken");
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading process output");
+                        break;
+                    }
+                }
             }
         }
         Err(e) => tracing::warn!(error = %e, "cannot read process output"),
