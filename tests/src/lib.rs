@@ -213,3 +213,11 @@ pub fn spec_json(args: &[&str], edit: impl FnOnce(&mut serde_json::Value)) -> St
     edit(&mut v);
     v.to_string()
 }
+
+/// A single-threaded async runtime for the agent client.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}

@@ -5,20 +5,13 @@ use std::io::Write;
 use std::time::Duration;
 
 use husk_agent_client::AgentClient;
-use husk_e2e::{manifest_of, Harness, SHUTDOWN_TIMEOUT};
+use husk_e2e::{manifest_of, runtime, Harness, SHUTDOWN_TIMEOUT};
 use husk_protocols::agent::{self, capability};
 use husk_protocols::health::check_response::ServingStatus;
 use husk_protocols::ports::AGENT_PORT;
 use protobuf::Message;
 
 const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
 
 #[test]
 fn agent_handshakes_and_answers_health_and_guest_details() {

@@ -8,19 +8,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use husk_agent_client::{open_stream, AgentClient};
-use husk_e2e::{busybox_rootfs, spec_json, Harness, SHUTDOWN_TIMEOUT};
+use husk_e2e::{busybox_rootfs, runtime, spec_json, Harness, SHUTDOWN_TIMEOUT};
 use husk_hypervisor::config::Share;
 use husk_protocols::stdio::StreamKind;
 use sha2::{Digest, Sha256};
 
 const T: Duration = Duration::from_secs(60);
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
 
 /// Reads a stream to its end on a thread of its own (so stdout and stderr drain together).
 fn drain(mut s: UnixStream) -> std::thread::JoinHandle<Vec<u8>> {

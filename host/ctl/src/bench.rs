@@ -112,6 +112,26 @@ pub struct Stats {
     pub samples_ms: Vec<f64>,
 }
 
+/// Prints min/median/max rows (in ms) under a titled header, aligned.
+pub fn print_stats(title: &str, rows: &[(&str, &Stats)]) {
+    let w = rows
+        .iter()
+        .map(|(n, _)| n.chars().count())
+        .chain([title.chars().count()])
+        .max()
+        .unwrap_or(0);
+    println!(
+        "  {title:<w$}  {:>10}  {:>10}  {:>10}",
+        "min", "median", "max"
+    );
+    for (name, s) in rows {
+        println!(
+            "  {name:<w$}  {:>7.1} ms  {:>7.1} ms  {:>7.1} ms",
+            s.min_ms, s.median_ms, s.max_ms
+        );
+    }
+}
+
 pub fn stats(samples: &[Duration]) -> Stats {
     let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
     let samples_ms = ms.clone();
@@ -251,19 +271,13 @@ fn print_report(r: &Report) {
         r.image.display()
     );
     println!();
-    println!(
-        "  {:<26}  {:>10}  {:>10}  {:>10}",
-        "launch → ready (wall)", "min", "median", "max"
+    print_stats(
+        "launch → ready (wall)",
+        &[
+            ("husk (husk-init, vsock)", &r.husk),
+            ("reference (busybox /init)", &r.reference),
+        ],
     );
-    for (name, s) in [
-        ("husk (husk-init, vsock)", &r.husk),
-        ("reference (busybox /init)", &r.reference),
-    ] {
-        println!(
-            "  {name:<26}  {:>7.1} ms  {:>7.1} ms  {:>7.1} ms",
-            s.min_ms, s.median_ms, s.max_ms
-        );
-    }
     println!("  ratio husk / reference (median)  {:.2}×", r.median_ratio);
     if let Some(i) = &r.icount {
         println!("\n  guest instructions to ready (-icount shift=0,sleep=off)");

@@ -20,7 +20,7 @@ use husk_hypervisor::config::Share;
 use husk_hypervisor::{artifacts, Hypervisor, VmConfig};
 use serde::Serialize;
 
-use crate::bench::{stats, Stats};
+use crate::bench::{print_stats, stats, Stats};
 use crate::run::{execute, spec_for, Io, Timings};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -289,19 +289,13 @@ fn measure(args: &RunBenchArgs, hv: &dyn Hypervisor, scratch: &Path) -> anyhow::
 fn print(r: &Report) {
     println!("run benchmark: {} runs each; {}", r.runs, r.backend);
     println!();
-    println!(
-        "  {:<34}  {:>10}  {:>10}  {:>10}",
-        "latency of `true`", "min", "median", "max"
+    print_stats(
+        "latency of `true`",
+        &[
+            ("husk run (fresh VM each)", &r.husk_run_true),
+            ("runc run (same rootfs, no VM)", &r.runc_run_true),
+        ],
     );
-    for (name, s) in [
-        ("husk run (fresh VM each)", &r.husk_run_true),
-        ("runc run (same rootfs, no VM)", &r.runc_run_true),
-    ] {
-        println!(
-            "  {name:<34}  {:>7.1} ms  {:>7.1} ms  {:>7.1} ms",
-            s.min_ms, s.median_ms, s.max_ms
-        );
-    }
     println!(
         "  ratio husk / runc (median)          {:.1}×",
         r.latency_ratio
