@@ -17,8 +17,9 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # Debian packages for running VMs and building images (the kernel build installs its own).
 install_packages() {
-    # libcap-ng-dev and libseccomp-dev: to build virtiofsd (cargo install, below).
-    local want=(qemu-system-x86 busybox-static gcc libc6-dev libcap-ng-dev libseccomp-dev) missing=()
+    # libcap-ng-dev and libseccomp-dev: to build virtiofsd (cargo install, below); runc: the
+    # reference of `husk bench run`.
+    local want=(qemu-system-x86 busybox-static gcc libc6-dev libcap-ng-dev libseccomp-dev runc) missing=()
     for p in "${want[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
     done
