@@ -8,9 +8,10 @@ prepare_all
 step "husk check"
 "$HUSK" check
 step "husk image busybox (a container image from Debian's busybox-static; no registry needed)"
-"$HUSK" image busybox
-step "husk run busybox: a container in its own VM"
-"$HUSK" run "${HUSK_HOME:-/var/lib/husk}/containers/busybox" -- \
+containers="${HUSK_HOME:-/var/lib/husk}/containers"
+"$HUSK" image busybox --oci "$containers/busybox-oci"
+step "husk run busybox (the OCI image layout, unpacked on the host): a container in its own VM"
+"$HUSK" run "$containers/busybox-oci" -- \
     sh -c 'echo "hello from a husk container: $(uname -sr), pid $$, hostname $(hostname)"'
 printf '\nhusk is at %s (try: %s vm boot, %s run -i IMAGE -- sh, %s ps, %s bench boot)\n' \
     "$HUSK" "$HUSK" "$HUSK" "$HUSK" "$HUSK"

@@ -172,7 +172,7 @@ fn bad_images_and_commands_are_clear_errors() {
     let out = run(&h, &h.scratch().join("no-image"), &["true"]);
     assert_eq!(out.status.code(), Some(125));
     assert!(
-        text(&out.stderr).contains("is not a root filesystem directory"),
+        text(&out.stderr).contains("give a root filesystem directory, an OCI image layout"),
         "{}",
         text(&out.stderr)
     );
@@ -184,4 +184,94 @@ fn bad_images_and_commands_are_clear_errors() {
         text(&out.stderr)
     );
     nothing_left(&h);
+}
+
+fn tar_dir(dir: &Path, out: &Path) {
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(dir)
+        .arg("-cf")
+        .arg(out)
+        .arg(".")
+        .status()
+        .expect("tar");
+    assert!(st.success());
+}
+
+#[test]
+fn oci_layouts_and_docker_archives_run_with_their_image_config() {
+    let h = Harness::new();
+    let rootfs = rootfs(&h);
+    let config = husk_oci::RunConfig {
+        cmd: Some(vec![
+            "sh".into(),
+            "-c".into(),
+            "echo cfg:$GREETING:$(pwd):$(id -u):$(id -g)".into(),
+        ]),
+        env: Some(vec!["PATH=/bin".into(), "GREETING=hi".into()]),
+        working_dir: Some("/tmp".into()),
+        user: Some("1000:1001".into()),
+        ..Default::default()
+    };
+    let layout = h.scratch().join("layout");
+    husk_oci::write_layout(&rootfs, &config, &layout).unwrap();
+
+    // The image's own command, environment, working directory and user.
+    let out = h.husk().arg("run").arg(&layout).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "cfg:hi:/tmp:1000:1001\n");
+
+    // The same layout as a tar; a given command replaces the image's cmd; -e overrides.
+    let tarball = h.scratch().join("layout.tar");
+    tar_dir(&layout, &tarball);
+    let out = h
+        .husk()
+        .args(["run", "-e", "GREETING=there"])
+        .arg(&tarball)
+        .args(["--", "sh", "-c", "echo $GREETING"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "there\n");
+
+    // A docker archive (`docker save` layout) with an uncompressed layer.
+    let docker = h.scratch().join("docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    tar_dir(&rootfs, &docker.join("layer.tar"));
+    let diff_id: String = Sha256::digest(std::fs::read(docker.join("layer.tar")).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let cfg = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": { "Cmd": ["sh", "-c", "echo docker-ok"], "Env": ["PATH=/bin"] },
+        "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{diff_id}")] }
+    });
+    std::fs::write(docker.join("config.json"), cfg.to_string()).unwrap();
+    let manifest = serde_json::json!([{ "Config": "config.json", "RepoTags": ["t:latest"], "Layers": ["layer.tar"] }]);
+    std::fs::write(docker.join("manifest.json"), manifest.to_string()).unwrap();
+    let docker_tar = h.scratch().join("docker.tar");
+    tar_dir(&docker, &docker_tar);
+    let out = h.husk().arg("run").arg(&docker_tar).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "docker-ok\n");
+
+    // A tampered layer is refused before any VM starts.
+    let mut layer = std::fs::read(docker.join("layer.tar")).unwrap();
+    let n = layer.len() / 2;
+    layer[n] ^= 0x55;
+    std::fs::write(docker.join("layer.tar"), layer).unwrap();
+    tar_dir(&docker, &docker_tar);
+    let out = h.husk().arg("run").arg(&docker_tar).output().unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("does not match"),
+        "{}",
+        text(&out.stderr)
+    );
+    nothing_left(&h);
+    let work: Vec<_> = std::fs::read_dir(husk_hypervisor::artifacts::home().join("sandboxes"))
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(work.is_empty(), "unpacked images left behind: {work:?}");
 }

@@ -109,6 +109,9 @@ pub struct BusyboxArgs {
     /// Output directory (default: $HUSK_HOME/containers/busybox).
     #[arg(long, short)]
     output: Option<PathBuf>,
+    /// Also write it as a one-layer OCI image layout at this directory (cmd: sh).
+    #[arg(long, value_name = "DIR")]
+    oci: Option<PathBuf>,
 }
 
 pub fn busybox(args: &BusyboxArgs) -> anyhow::Result<ExitCode> {
@@ -122,9 +125,20 @@ pub fn busybox(args: &BusyboxArgs) -> anyhow::Result<ExitCode> {
     }
     let dir = husk_image::container_rootfs::busybox_rootfs(&args.busybox, &out)?;
     println!(
-        "busybox container image: {} (run it: husk run {} -- sh -c 'echo hi')",
+        "busybox root filesystem: {} (run it: husk run {} -- sh -c 'echo hi')",
         dir.display(),
         dir.display()
     );
+    if let Some(layout) = &args.oci {
+        let config = husk_oci::RunConfig {
+            cmd: Some(vec!["sh".into()]),
+            env: Some(vec!["PATH=/bin".into(), "HOME=/root".into()]),
+            working_dir: Some("/".into()),
+            ..Default::default()
+        };
+        let _ = std::fs::remove_dir_all(layout);
+        husk_oci::write_layout(&dir, &config, layout)?;
+        println!("busybox OCI image layout: {}", layout.display());
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -45,7 +45,8 @@ pub struct RunArgs {
     name: Option<String>,
     #[command(flatten)]
     boot: BootArgs,
-    /// The container image: a root filesystem directory.
+    /// The container image: an OCI image layout (directory or tar), a docker archive (`docker
+    /// save`), or a root filesystem directory (used in place).
     #[arg(value_name = "IMAGE")]
     container_image: PathBuf,
     /// Command and arguments (after `--`).
@@ -61,9 +62,69 @@ pub struct RunError {
     pub message: String,
 }
 
-/// The OCI spec for these arguments (runc's defaults, the command, PATH and `-e` variables).
-pub fn spec(args: &RunArgs, hostname: &str) -> anyhow::Result<String> {
-    spec_for(&args.command, &args.env, hostname)
+/// The process arguments: the image's entrypoint, then the given command or the image's cmd.
+pub fn command_for(given: &[String], image: &husk_oci::RunConfig) -> Vec<String> {
+    let mut argv = image.entrypoint.clone().unwrap_or_default();
+    if given.is_empty() {
+        argv.extend(image.cmd.clone().unwrap_or_default());
+    } else {
+        argv.extend(given.iter().cloned());
+    }
+    argv
+}
+
+/// Resolves an image's `User` (`uid[:gid]`, or names from the rootfs' /etc/passwd and /etc/group).
+fn resolve_user(user: &str, rootfs: &std::path::Path) -> anyhow::Result<(u32, u32)> {
+    let lookup = |file: &str, name: &str, field: usize| -> Option<u32> {
+        std::fs::read_to_string(rootfs.join(file))
+            .ok()?
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.first() == Some(&name))
+                    .then(|| f.get(field)?.parse().ok())
+                    .flatten()
+            })
+    };
+    let (u, g) = user
+        .split_once(':')
+        .map_or((user, None), |(u, g)| (u, Some(g)));
+    let uid = u
+        .parse()
+        .ok()
+        .or_else(|| lookup("etc/passwd", u, 2))
+        .with_context(|| format!("image user {u:?} is not in the image's /etc/passwd"))?;
+    let gid = match g {
+        Some(g) => g
+            .parse()
+            .ok()
+            .or_else(|| lookup("etc/group", g, 2))
+            .with_context(|| format!("image group {g:?} is not in the image's /etc/group"))?,
+        None => {
+            lookup("etc/passwd", u, 3).unwrap_or(if u.parse::<u32>().is_ok() { uid } else { 0 })
+        }
+    };
+    Ok((uid, gid))
+}
+
+/// The OCI spec running `command` from an image with configuration `image`, plus `-e` variables.
+pub fn spec_for_image(
+    command: &[String],
+    image: &husk_oci::RunConfig,
+    extra_env: &[String],
+    hostname: &str,
+    rootfs: &std::path::Path,
+) -> anyhow::Result<String> {
+    let mut env = image.env.clone().unwrap_or_default();
+    let mut v = spec_value(command, &mut env, extra_env, hostname)?;
+    if let Some(dir) = image.working_dir.as_deref().filter(|d| !d.is_empty()) {
+        v["process"]["cwd"] = dir.into();
+    }
+    if let Some(user) = image.user.as_deref().filter(|u| !u.is_empty()) {
+        let (uid, gid) = resolve_user(user, rootfs)?;
+        v["process"]["user"] = serde_json::json!({ "uid": uid, "gid": gid });
+    }
+    Ok(v.to_string())
 }
 
 /// The OCI spec running `command` with `env` (KEY=VALUE) added to the defaults.
@@ -72,11 +133,29 @@ pub fn spec_for(
     extra_env: &[String],
     hostname: &str,
 ) -> anyhow::Result<String> {
+    Ok(spec_value(command, &mut Vec::new(), extra_env, hostname)?.to_string())
+}
+
+/// runc's default spec with the command, hostname and environment: `env` (the image's, may be
+/// empty) gets a default PATH and HOME when it has none, then `extra_env` overrides.
+fn spec_value(
+    command: &[String],
+    env: &mut Vec<String>,
+    extra_env: &[String],
+    hostname: &str,
+) -> anyhow::Result<serde_json::Value> {
     let mut v = serde_json::to_value(oci_spec::runtime::Spec::default())?;
-    let mut env = vec![
-        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
-        "HOME=/root".to_owned(),
-    ];
+    for (k, default) in [
+        (
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        ),
+        ("HOME", "/root"),
+    ] {
+        if !env.iter().any(|e| e.starts_with(&format!("{k}="))) {
+            env.push(format!("{k}={default}"));
+        }
+    }
     for kv in extra_env {
         let Some((k, _)) = kv.split_once('=') else {
             bail!("-e {kv:?}: expected KEY=VALUE")
@@ -88,7 +167,17 @@ pub fn spec_for(
     v["process"]["env"] = serde_json::json!(env);
     v["process"]["terminal"] = false.into();
     v["hostname"] = hostname.into();
-    Ok(v.to_string())
+    Ok(v)
+}
+
+/// A sandbox's work directory, removed with everything in it when dropped.
+#[derive(Debug)]
+struct WorkDir(PathBuf);
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn pump(mut from: UnixStream, mut to: impl Write + Send + 'static) -> std::thread::JoinHandle<()> {
@@ -114,40 +203,44 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             message: "-t (a terminal) is not supported yet; run without it".into()
         });
     }
-    if args.command.is_empty() {
+    let hv = vm::hypervisor(&args.boot)?;
+    let mut cfg = vm::config(&args.boot);
+    // Layered images are unpacked into a work directory of this sandbox, removed at the end.
+    let work = WorkDir(
+        husk_hypervisor::artifacts::home()
+            .join("sandboxes")
+            .join(&cfg.id),
+    );
+    let image = husk_oci::prepare(&args.container_image, &work.0).map_err(|e| RunError {
+        code: RUN_FAILED,
+        message: e.to_string(),
+    })?;
+    let command = command_for(&args.command, &image.config);
+    if command.is_empty() {
         bail!(RunError {
             code: RUN_FAILED,
             message: format!(
-                "no command: give one after `--` (husk run {} -- CMD ARGS…)",
+                "no command: the image has none; give one after `--` (husk run {} -- CMD ARGS…)",
                 args.container_image.display()
             ),
         });
     }
-    let rootfs = std::fs::canonicalize(&args.container_image)
-        .ok()
-        .filter(|p| p.is_dir())
-        .ok_or_else(|| RunError {
-            code: RUN_FAILED,
-            message: format!(
-                "image {} is not a root filesystem directory (OCI layouts and archives are not supported yet)",
-                args.container_image.display()
-            ),
-        })?;
-
-    let hv = vm::hypervisor(&args.boot)?;
-    let mut cfg = vm::config(&args.boot);
+    let rootfs = std::fs::canonicalize(&image.rootfs).map_err(|e| RunError {
+        code: RUN_FAILED,
+        message: format!("image root {}: {e}", image.rootfs.display()),
+    })?;
     cfg.shares.push(Share {
         tag: "rootfs".into(),
-        host_dir: rootfs,
+        host_dir: rootfs.clone(),
         read_only: false,
     });
     let name = args.name.clone().unwrap_or_else(|| cfg.id.clone());
-    let spec = spec(args, &name)?;
+    let spec = spec_for_image(&command, &image.config, &args.env, &name, &rootfs)?;
     let _record = state::register(&state::Record {
         id: cfg.id.clone(),
         name: name.clone(),
         image: args.container_image.display().to_string(),
-        command: args.command.clone(),
+        command: command.clone(),
         pid: std::process::id(),
         created: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
