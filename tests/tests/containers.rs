@@ -68,7 +68,7 @@ fn containers_run_in_a_jail_with_lossless_stdio_and_exit_codes() {
     config.shares.push(Share {
         tag: "rootfs".into(),
         host_dir: rootfs.clone(),
-        read_only: false,
+        read_only: true,
     });
     let (mut vm, _) = h.boot_ready(&config);
     let vsock = vm.vsock_path().to_owned();

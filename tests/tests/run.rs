@@ -27,6 +27,14 @@ fn run(h: &Harness, image: &Path, cmd: &[&str]) -> std::process::Output {
 }
 
 fn nothing_left(h: &Harness) {
+    // The image is shared read-only and the container wrote to a copy-on-write layer in the VM.
+    let written: Vec<_> = std::fs::read_dir(h.scratch().join("rootfs/tmp"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(
+        written.is_empty(),
+        "a container wrote into the image: {written:?}"
+    );
     for dir in [h.run_root(), h.state_dir()] {
         let left: Vec<_> = std::fs::read_dir(&dir)
             .map(|d| d.flatten().map(|e| e.path()).collect())
@@ -39,7 +47,15 @@ fn nothing_left(h: &Harness) {
 fn exit_codes_and_separate_streams() {
     let h = Harness::new();
     let img = rootfs(&h);
-    let out = run(&h, &img, &["sh", "-c", "echo to-out; echo to-err >&2"]);
+    let out = run(
+        &h,
+        &img,
+        &[
+            "sh",
+            "-c",
+            "echo to-out; echo to-err >&2; echo x > /tmp/written",
+        ],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "to-out\n");
     assert!(

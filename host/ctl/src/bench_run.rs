@@ -87,7 +87,7 @@ fn husk_cfg(rootfs: &Path) -> VmConfig {
     c.shares.push(Share {
         tag: "rootfs".into(),
         host_dir: rootfs.to_owned(),
-        read_only: false,
+        read_only: true,
     });
     c
 }

@@ -232,7 +232,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     cfg.shares.push(Share {
         tag: "rootfs".into(),
         host_dir: rootfs.clone(),
-        read_only: false,
+        read_only: true,
     });
     let name = args.name.clone().unwrap_or_else(|| cfg.id.clone());
     let spec = spec_for_image(&command, &image.config, &args.env, &name, &rootfs)?;

@@ -189,6 +189,60 @@ fn resolve_program(rootfs: &Path, plan: &ProcessPlan) -> Result<PathBuf, Contain
 /// Pipe capacity for a process's stdio: fewer, larger reads and vsock packets.
 const PIPE_SIZE: libc::c_int = 1 << 20;
 
+/// Mounts the container's root: the image share read-only at `dir/image`, a tmpfs at
+/// `dir/cow` for its writes, and an overlay of both at `dir/rootfs`, so a container never
+/// changes the image on the host and its writes vanish with it.
+fn mount_rootfs(dir: &Path, tag: &str) -> Result<PathBuf, ContainerError> {
+    use nix::mount::{mount, MsFlags};
+    let (image, cow, rootfs) = (dir.join("image"), dir.join("cow"), dir.join("rootfs"));
+    for d in [&image, &cow, &rootfs] {
+        std::fs::create_dir_all(d).map_err(io_err(format!("creating {}", d.display())))?;
+    }
+    let mount_err = |what: String| {
+        move |e: nix::errno::Errno| ContainerError::Io {
+            context: what,
+            source: e.into(),
+        }
+    };
+    mount(
+        Some(tag),
+        &image,
+        Some("virtiofs"),
+        MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .map_err(mount_err(format!(
+        "mounting virtio-fs share {tag:?} (is it attached to the VM?)"
+    )))?;
+    mount(
+        Some("cow"),
+        &cow,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )
+    .map_err(mount_err("mounting the container's scratch tmpfs".into()))?;
+    let (upper, work) = (cow.join("upper"), cow.join("work"));
+    for d in [&upper, &work] {
+        std::fs::create_dir_all(d).map_err(io_err(format!("creating {}", d.display())))?;
+    }
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        image.display(),
+        upper.display(),
+        work.display()
+    );
+    mount(
+        Some("overlay"),
+        &rootfs,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(options.as_str()),
+    )
+    .map_err(mount_err("mounting the container's overlay root".into()))?;
+    Ok(rootfs)
+}
+
 fn pipe() -> Result<(OwnedFd, OwnedFd), ContainerError> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| io_err("creating a pipe")(e.into()))?;
@@ -294,24 +348,13 @@ impl Containers {
         if self.all().contains_key(id) {
             return Err(ContainerError::Exists(id.to_owned()));
         }
-        let rootfs = self.dir.join(id).join("rootfs");
-        std::fs::create_dir_all(&rootfs)
-            .map_err(io_err(format!("creating {}", rootfs.display())))?;
-        if let Err(e) = nix::mount::mount(
-            Some(rootfs_tag),
-            &rootfs,
-            Some("virtiofs"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        ) {
-            let _ = std::fs::remove_dir_all(self.dir.join(id));
-            return Err(ContainerError::Io {
-                context: format!(
-                    "mounting virtio-fs share {rootfs_tag:?} (is it attached to the VM?)"
-                ),
-                source: e.into(),
-            });
-        }
+        let rootfs = match mount_rootfs(&self.dir.join(id), rootfs_tag) {
+            Ok(r) => r,
+            Err(e) => {
+                self.unmount(id);
+                return Err(e);
+            }
+        };
         let prepared = (|| {
             for m in &plan.mounts {
                 check_no_symlinks(&rootfs, &m.destination)?;
@@ -326,7 +369,7 @@ impl Containers {
             resolve_program(&rootfs, &plan)
         })();
         if let Err(e) = prepared {
-            self.unmount(id, &rootfs);
+            self.unmount(id);
             return Err(e);
         }
         let (exit, _) = watch::channel(None);
@@ -341,7 +384,7 @@ impl Containers {
         let mut all = self.all();
         if all.contains_key(id) {
             drop(all);
-            self.unmount(id, &c.rootfs);
+            self.unmount(id);
             return Err(ContainerError::Exists(id.to_owned()));
         }
         all.insert(id.to_owned(), Arc::new(c));
@@ -349,11 +392,17 @@ impl Containers {
         Ok(())
     }
 
-    fn unmount(&self, id: &str, rootfs: &Path) {
-        if let Err(e) = nix::mount::umount2(rootfs, nix::mount::MntFlags::MNT_DETACH) {
-            tracing::warn!(container = id, error = %e, "unmounting the rootfs");
+    /// Detaches the container's overlay, its scratch layer and the image share, then removes
+    /// its directory. Mounts that were never made are skipped.
+    fn unmount(&self, id: &str) {
+        let dir = self.dir.join(id);
+        for m in ["rootfs", "cow", "image"] {
+            match nix::mount::umount2(&dir.join(m), nix::mount::MntFlags::MNT_DETACH) {
+                Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}
+                Err(e) => tracing::warn!(container = id, mount = m, error = %e, "unmounting"),
+            }
         }
-        let _ = std::fs::remove_dir_all(self.dir.join(id));
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     /// Checks that a stream could attach now (answered before the stream is handed over).
@@ -596,7 +645,7 @@ impl Containers {
                 });
             }
         }
-        self.unmount(id, &c.rootfs);
+        self.unmount(id);
         self.all().remove(id);
         tracing::info!(container = id, "container removed");
         Ok(())
