@@ -172,24 +172,42 @@ struct Report {
     icount: Option<Icount>,
 }
 
-pub fn boot(args: &BootBenchArgs) -> anyhow::Result<ExitCode> {
-    if args.runs == 0 {
-        bail!("--runs must be at least 1");
+/// What every benchmark starts with: the `auto` hypervisor and a scratch directory.
+pub struct Setup {
+    pub hv: Box<dyn Hypervisor>,
+    pub scratch: PathBuf,
+}
+
+impl Setup {
+    /// Checks `runs`, resolves the hypervisor and creates `<tmp>/husk-<name>-<pid>`.
+    pub fn new(name: &str, runs: usize) -> anyhow::Result<Self> {
+        if runs == 0 {
+            bail!("--runs must be at least 1");
+        }
+        let hv = husk_hypervisor::for_host(
+            husk_hypervisor::BackendChoice::Auto,
+            &husk_hypervisor::HostPaths::system(),
+        )?;
+        let scratch = std::env::temp_dir().join(format!("husk-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&scratch)?;
+        Ok(Self { hv, scratch })
     }
-    let hv = husk_hypervisor::for_host(
-        husk_hypervisor::BackendChoice::Auto,
-        &husk_hypervisor::HostPaths::system(),
-    )?;
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.scratch);
+    }
+}
+
+pub fn boot(args: &BootBenchArgs) -> anyhow::Result<ExitCode> {
+    let setup = Setup::new("bench", args.runs)?;
     let kernel = args.kernel.clone().unwrap_or_else(artifacts::kernel);
     let image = args
         .image
         .clone()
         .unwrap_or_else(|| artifacts::image("default"));
-    let scratch = std::env::temp_dir().join(format!("husk-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)?;
-    let result = run(args, hv.as_ref(), &kernel, &image, &scratch);
-    let _ = std::fs::remove_dir_all(&scratch);
-    let report = result?;
+    let report = run(args, setup.hv.as_ref(), &kernel, &image, &setup.scratch)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

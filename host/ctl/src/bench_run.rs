@@ -20,7 +20,7 @@ use husk_hypervisor::config::Share;
 use husk_hypervisor::{artifacts, Hypervisor, VmConfig};
 use serde::Serialize;
 
-use crate::bench::{print_stats, stats, Stats};
+use crate::bench::{print_stats, stats, Setup, Stats};
 use crate::run::{execute, spec_for, Io, Timings};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -197,18 +197,8 @@ fn host_cat(data: &Path) -> anyhow::Result<Duration> {
 }
 
 pub fn run(args: &RunBenchArgs) -> anyhow::Result<ExitCode> {
-    if args.runs == 0 {
-        bail!("--runs must be at least 1");
-    }
-    let hv = husk_hypervisor::for_host(
-        husk_hypervisor::BackendChoice::Auto,
-        &husk_hypervisor::HostPaths::system(),
-    )?;
-    let scratch = std::env::temp_dir().join(format!("husk-bench-run-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)?;
-    let result = measure(args, hv.as_ref(), &scratch);
-    let _ = std::fs::remove_dir_all(&scratch);
-    let r = result?;
+    let setup = Setup::new("bench-run", args.runs)?;
+    let r = measure(args, setup.hv.as_ref(), &setup.scratch)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {

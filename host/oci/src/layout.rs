@@ -330,7 +330,6 @@ pub fn write_layout(rootfs: &Path, config: &RunConfig, out: &Path) -> Result<(),
             diff_ids: vec![diff_id],
         }),
     };
-    let json = |v: &dyn erased::Json| v.to_vec();
     let config_blob = put_blob(out, CONFIG, &json(&image_config))?;
     let manifest = Manifest {
         schema_version: 2,
@@ -353,16 +352,9 @@ pub fn write_layout(rootfs: &Path, config: &RunConfig, out: &Path) -> Result<(),
     Ok(())
 }
 
-/// Serialising the few metadata types through one helper.
-mod erased {
-    pub trait Json {
-        fn to_vec(&self) -> Vec<u8>;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn to_vec(&self) -> Vec<u8> {
-            serde_json::to_vec(self).unwrap_or_default()
-        }
-    }
+/// Image metadata as JSON bytes (these types always serialise).
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
 }
 
 #[cfg(test)]

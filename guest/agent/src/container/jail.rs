@@ -156,7 +156,7 @@ pub fn enter(sys: &mut impl JailSys, p: &JailPlan) -> io::Result<()> {
     )?;
     for m in &p.mounts {
         if m.bind {
-            sys.touch_or_mkdir(&m.source, &m.target)?;
+            touch_or_mkdir(sys, &m.source, &m.target)?;
             sys.mount(
                 &m.source,
                 &m.target,
@@ -190,23 +190,17 @@ pub fn enter(sys: &mut impl JailSys, p: &JailPlan) -> io::Result<()> {
     sys.chdir(&p.cwd)
 }
 
-/// Bind-mount targets take the kind of their source.
-trait TouchOrMkdir {
-    fn touch_or_mkdir(&mut self, source: &CStr, target: &CStr) -> io::Result<()>;
-}
-
-impl<T: JailSys> TouchOrMkdir for T {
-    fn touch_or_mkdir(&mut self, source: &CStr, target: &CStr) -> io::Result<()> {
-        // SAFETY: `st` is a plain C struct filled by stat(2); `source` is NUL-terminated.
-        let is_dir = unsafe {
-            let mut st: libc::stat = std::mem::zeroed();
-            libc::stat(source.as_ptr(), &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFDIR
-        };
-        if is_dir {
-            self.mkdir(target)
-        } else {
-            self.touch(target)
-        }
+/// Creates a bind-mount target of the same kind as its source (directory or file).
+fn touch_or_mkdir(sys: &mut impl JailSys, source: &CStr, target: &CStr) -> io::Result<()> {
+    // SAFETY: `st` is a plain C struct filled by stat(2); `source` is NUL-terminated.
+    let is_dir = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::stat(source.as_ptr(), &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFDIR
+    };
+    if is_dir {
+        sys.mkdir(target)
+    } else {
+        sys.touch(target)
     }
 }
 
