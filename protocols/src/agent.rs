@@ -12,7 +12,7 @@ pub const PROTOCOL: &str = "husk.agent.v1";
 /// Major version: a host refuses an agent with another major.
 pub const MAJOR: u32 = 1;
 /// Minor version: grows as optional fields and RPCs are added.
-pub const MINOR: u32 = 0;
+pub const MINOR: u32 = 1;
 
 /// Optional features an agent may advertise; the host uses one only when it is listed.
 pub mod capability {
@@ -22,6 +22,17 @@ pub mod capability {
     pub const CONTAINERS: &str = "containers";
     /// Per-process stdio on dedicated `husk.stdio.v1` vsock streams.
     pub const STDIO_STREAMS: &str = "stdio-streams";
+    /// `CreateSandbox` and `DestroySandbox` (v1.1).
+    pub const SANDBOX: &str = "sandbox";
+    /// `ExecProcess`, and `StartContainer` with an exec id (v1.1).
+    pub const EXEC: &str = "exec";
+    /// Terminals (`process.terminal`) on one stdout stream, and `ResizeTty` (v1.1).
+    pub const TTY: &str = "tty";
+    /// A cgroup per container: `ListProcesses`, `StatsContainer`, `PauseContainer`,
+    /// `ResumeContainer`, `UpdateContainer` (v1.1).
+    pub const CGROUPS: &str = "cgroups";
+    /// `GetOOMEvent` (v1.1).
+    pub const OOM_EVENTS: &str = "oom-events";
 }
 
 /// Longest container or exec id.

@@ -8,6 +8,10 @@ pub const HOSTNAME: &str = "husk.hostname";
 /// Log level of the guest's husk components (`husk.log=debug`); default `info`.
 pub const LOG_LEVEL: &str = "husk.log";
 
+/// Compatibility testing only (`husk.agent.claim_major=N`): husk-agent announces protocol major
+/// N instead of its own, so a test can check that the host refuses an agent of another major.
+pub const AGENT_CLAIM_MAJOR: &str = "husk.agent.claim_major";
+
 /// Default guest hostname when the host gives none.
 pub const DEFAULT_HOSTNAME: &str = "husk";
 

@@ -44,6 +44,28 @@ fn agent_handshakes_and_answers_health_and_guest_details() {
     h.finish(vm);
 }
 
+#[test]
+fn an_agent_of_another_major_is_refused_naming_both() {
+    let h = Harness::new();
+    let mut config = h.config(&h.image("default"));
+    config
+        .extra_cmdline
+        .push(format!("{}=2", husk_protocols::cmdline::AGENT_CLAIM_MAJOR));
+    let (mut vm, _) = h.boot_ready(&config);
+    let e = runtime()
+        .block_on(AgentClient::connect(vm.vsock_path(), AGENT_TIMEOUT))
+        .expect_err("an agent of major 2 must be refused");
+    let msg = e.to_string();
+    assert!(
+        matches!(e, husk_agent_client::AgentError::Incompatible(_)),
+        "{msg}"
+    );
+    assert!(msg.contains("major 2") && msg.contains("major 1"), "{msg}");
+    assert!(msg.contains("husk image build"), "the fix is named: {msg}");
+    vm.shutdown(SHUTDOWN_TIMEOUT).expect("clean shutdown");
+    h.finish(vm);
+}
+
 /// A ttrpc frame: 10-byte header (length, stream id, type, flags) and a body.
 fn frame(stream_id: u32, body: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(10 + body.len());
@@ -88,6 +110,64 @@ fn agent_survives_a_burst_of_malformed_requests() {
             &request("husk.agent.v1.Agent", "Handshake", &[b'x'; 8192]),
         ),
         frame(1, &[0u8; 64])[..30].to_vec(), // cut off mid-frame
+        // Well-formed requests with hostile content.
+        frame(
+            7,
+            &request(
+                "husk.agent.v1.Agent",
+                "ExecProcess",
+                &agent::ExecProcessRequest {
+                    container_id: "../../etc".into(),
+                    exec_id: "\0".into(),
+                    process_json: "{\"args\": [".into(),
+                    ..Default::default()
+                }
+                .write_to_bytes()
+                .expect("encoding"),
+            ),
+        ),
+        frame(
+            8,
+            &request(
+                "husk.agent.v1.Agent",
+                "UpdateContainer",
+                &agent::UpdateContainerRequest {
+                    container_id: "x".repeat(5000),
+                    resources_json: "{}".into(),
+                    ..Default::default()
+                }
+                .write_to_bytes()
+                .expect("encoding"),
+            ),
+        ),
+        frame(
+            9,
+            &request(
+                "husk.agent.v1.Agent",
+                "ResizeTty",
+                &agent::ResizeTtyRequest {
+                    rows: u32::MAX,
+                    columns: u32::MAX,
+                    ..Default::default()
+                }
+                .write_to_bytes()
+                .expect("encoding"),
+            ),
+        ),
+        frame(
+            10,
+            &request(
+                "husk.agent.v1.Agent",
+                "CreateSandbox",
+                &agent::CreateSandboxRequest {
+                    sandbox_id: "s".into(),
+                    dns: vec!["nameserver 1.1.1.1\noptions x".into(); 100],
+                    ..Default::default()
+                }
+                .write_to_bytes()
+                .expect("encoding"),
+            ),
+        ),
     ];
     for round in 0..5 {
         for (i, bytes) in garbage.iter().enumerate() {

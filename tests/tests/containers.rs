@@ -48,7 +48,8 @@ async fn run(
     client.start_container(id).await.expect("StartContainer");
     if let (Some(mut s), Some(bytes)) = (input, stdin) {
         s.write_all(bytes).expect("writing stdin");
-        client.close_stdin(id).await.expect("CloseStdin");
+        // Closing the stream ends stdin after the last byte.
+        s.shutdown(std::net::Shutdown::Write).expect("ending stdin");
     }
     let code = client.wait_process(id).await.expect("WaitProcess");
     let run = Run {

@@ -96,6 +96,36 @@ fn stdin_is_piped_with_dash_i() {
 }
 
 #[test]
+fn dash_t_runs_the_container_on_a_terminal() {
+    let h = Harness::new();
+    let img = rootfs(&h);
+    let mut child = h
+        .husk()
+        .args(["run", "-t", "-i"])
+        .arg(&img)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "[ -t 0 ] && [ -t 1 ] && echo on-a-tty $TERM; read l; echo got $l >&2",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"typed\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // One terminal carries stdout and stderr, with its line discipline ("\r\n").
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("on-a-tty xterm\r\n"), "{stdout:?}");
+    assert!(stdout.contains("got typed\r\n"), "{stdout:?}");
+    assert_eq!(text(&out.stderr), "");
+    nothing_left(&h);
+}
+
+#[test]
 fn sixty_four_mib_of_stdout_arrive_whole_twenty_runs_in_a_row() {
     let h = Harness::new();
     let img = rootfs(&h);

@@ -7,6 +7,7 @@
 mod container;
 mod guest_info;
 mod rpc;
+mod sandbox;
 
 use anyhow::Context;
 use husk_protocols::ports::AGENT_PORT;
@@ -17,6 +18,20 @@ fn listen_address() -> String {
         .skip_while(|a| a != "--listen")
         .nth(1)
         .unwrap_or_else(|| format!("vsock://-1:{AGENT_PORT}"))
+}
+
+/// `husk.agent.claim_major=N` on the kernel command line (compatibility tests only).
+fn claimed_major() -> Option<u32> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").ok()?;
+    let major =
+        husk_protocols::cmdline::lookup(&cmdline, husk_protocols::cmdline::AGENT_CLAIM_MAJOR)?
+            .parse()
+            .ok()?;
+    tracing::warn!(
+        major,
+        "announcing another protocol major, as the kernel command line asks"
+    );
+    Some(major)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,7 +53,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(address: &str) -> anyhow::Result<()> {
-    let containers = std::sync::Arc::new(container::Containers::new(container::CONTAINERS_DIR));
+    let containers = std::sync::Arc::new(container::Containers::new(container::Paths::guest()));
+    let sandbox = std::sync::Arc::new(sandbox::Sandbox::new("/etc"));
     // `--no-stdio` runs the RPC server alone, e.g. on a host without vsock as a benchmark's
     // reference; in the guest the stdio listener is part of the agent and its failure is fatal.
     let stdio = if std::env::args().any(|a| a == "--no-stdio") {
@@ -49,7 +65,11 @@ async fn serve(address: &str) -> anyhow::Result<()> {
     let mut server = ttrpc::r#async::Server::new()
         .bind(address)
         .with_context(|| format!("listening on {address}"))?
-        .register_service(rpc::AgentService::new("/", containers).services());
+        .register_service(
+            rpc::AgentService::new("/", containers, sandbox)
+                .claiming_major(claimed_major())
+                .services(),
+        );
     server.start().await.context("starting the ttrpc server")?;
     tracing::info!(address, "husk-agent {} serving", env!("CARGO_PKG_VERSION"));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -8,15 +8,18 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use husk_protocols::agent::{
-    self, capability, CreateContainerRequest, Empty, GuestDetails, GuestDetailsRequest,
-    HandshakeRequest, HandshakeResponse, ProcessRef, RemoveContainerRequest, SignalProcessRequest,
-    StartContainerRequest, StartContainerResponse, WaitProcessResponse,
+    self, capability, ContainerRef, ContainerStats, CreateContainerRequest, CreateSandboxRequest,
+    DestroySandboxRequest, Empty, ExecProcessRequest, GetOOMEventRequest, GuestDetails,
+    GuestDetailsRequest, HandshakeRequest, HandshakeResponse, ListProcessesResponse, OOMEvent,
+    ProcessRef, RemoveContainerRequest, ResizeTtyRequest, SignalProcessRequest,
+    StartContainerRequest, StartContainerResponse, UpdateContainerRequest, WaitProcessResponse,
 };
 use husk_protocols::health::{self, check_response::ServingStatus, CheckRequest, CheckResponse};
 use ttrpc::r#async::TtrpcContext;
 
 use crate::container::{ContainerError, Containers};
 use crate::guest_info;
+use crate::sandbox::{Sandbox, SandboxError};
 
 /// Longest string field accepted in a request.
 pub const MAX_FIELD: usize = 4096;
@@ -27,11 +30,27 @@ pub struct AgentService {
     /// Root of the guest filesystem (`/`; a temporary tree in tests).
     root: PathBuf,
     containers: Arc<Containers>,
+    sandbox: Arc<Sandbox>,
+    /// The protocol major announced instead of [`agent::MAJOR`] (compatibility tests only).
+    claim_major: Option<u32>,
 }
 
 fn container_error(e: ContainerError) -> ttrpc::Error {
     tracing::warn!(error = %e, "request refused");
     rpc_error(e.code(), e.to_string())
+}
+
+fn sandbox_error(e: SandboxError) -> ttrpc::Error {
+    tracing::warn!(error = %e, "request refused");
+    rpc_error(e.code(), e.to_string())
+}
+
+/// A process reference's fields, bounded.
+fn process_ref(p: Option<&ProcessRef>) -> ttrpc::Result<&ProcessRef> {
+    let p = p.ok_or_else(|| rpc_error(ttrpc::Code::INVALID_ARGUMENT, "process is required"))?;
+    bounded("container_id", &p.container_id)?;
+    bounded("exec_id", &p.exec_id)?;
+    Ok(p)
 }
 
 /// A ttrpc error with a code and message.
@@ -53,11 +72,23 @@ fn bounded(field: &str, value: &str) -> ttrpc::Result<()> {
 }
 
 impl AgentService {
-    pub fn new(root: impl Into<PathBuf>, containers: Arc<Containers>) -> Self {
+    pub fn new(
+        root: impl Into<PathBuf>,
+        containers: Arc<Containers>,
+        sandbox: Arc<Sandbox>,
+    ) -> Self {
         Self {
             root: root.into(),
             containers,
+            sandbox,
+            claim_major: None,
         }
+    }
+
+    /// Announces protocol major `major` instead of this agent's (compatibility tests only).
+    pub fn claiming_major(mut self, major: Option<u32>) -> Self {
+        self.claim_major = major;
+        self
     }
 
     /// The ttrpc services this agent serves.
@@ -74,13 +105,18 @@ impl AgentService {
         tracing::info!(host_protocol = %req.host_protocol, host_version = %req.host_version, "handshake");
         Ok(HandshakeResponse {
             protocol: agent::PROTOCOL.to_owned(),
-            major: agent::MAJOR,
+            major: self.claim_major.unwrap_or(agent::MAJOR),
             minor: agent::MINOR,
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             capabilities: [
                 capability::GUEST_DETAILS,
                 capability::CONTAINERS,
                 capability::STDIO_STREAMS,
+                capability::SANDBOX,
+                capability::EXEC,
+                capability::TTY,
+                capability::CGROUPS,
+                capability::OOM_EVENTS,
             ]
             .map(str::to_owned)
             .to_vec(),
@@ -134,9 +170,10 @@ impl agent::Agent for AgentService {
         req: StartContainerRequest,
     ) -> ttrpc::Result<StartContainerResponse> {
         bounded("container_id", &req.container_id)?;
+        bounded("exec_id", &req.exec_id)?;
         let pid = self
             .containers
-            .start(&req.container_id)
+            .start(&req.container_id, &req.exec_id)
             .map_err(container_error)?;
         Ok(StartContainerResponse {
             pid,
@@ -167,12 +204,7 @@ impl agent::Agent for AgentService {
         _ctx: &TtrpcContext,
         req: SignalProcessRequest,
     ) -> ttrpc::Result<Empty> {
-        let p = req
-            .process
-            .as_ref()
-            .ok_or_else(|| rpc_error(ttrpc::Code::INVALID_ARGUMENT, "process is required"))?;
-        bounded("container_id", &p.container_id)?;
-        bounded("exec_id", &p.exec_id)?;
+        let p = process_ref(req.process.as_ref())?;
         self.containers
             .signal(&p.container_id, &p.exec_id, req.signal)
             .map_err(container_error)?;
@@ -200,6 +232,132 @@ impl agent::Agent for AgentService {
             .map_err(container_error)?;
         Ok(Empty::default())
     }
+
+    async fn create_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateSandboxRequest,
+    ) -> ttrpc::Result<Empty> {
+        bounded("sandbox_id", &req.sandbox_id)?;
+        bounded("hostname", &req.hostname)?;
+        let set_hostname = |h: &str| nix::unistd::sethostname(h).map_err(std::io::Error::from);
+        self.sandbox
+            .create(&req, set_hostname)
+            .map_err(sandbox_error)?;
+        Ok(Empty::default())
+    }
+
+    async fn destroy_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        req: DestroySandboxRequest,
+    ) -> ttrpc::Result<Empty> {
+        bounded("sandbox_id", &req.sandbox_id)?;
+        self.sandbox.check(&req.sandbox_id).map_err(sandbox_error)?;
+        self.containers
+            .remove_all()
+            .await
+            .map_err(container_error)?;
+        self.sandbox.forget();
+        Ok(Empty::default())
+    }
+
+    async fn exec_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ExecProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        bounded("container_id", &req.container_id)?;
+        bounded("exec_id", &req.exec_id)?;
+        self.containers
+            .exec(&req.container_id, &req.exec_id, &req.process_json)
+            .map_err(container_error)?;
+        Ok(Empty::default())
+    }
+
+    async fn resize_tty(&self, _ctx: &TtrpcContext, req: ResizeTtyRequest) -> ttrpc::Result<Empty> {
+        let p = process_ref(req.process.as_ref())?;
+        self.containers
+            .resize(&p.container_id, &p.exec_id, req.rows, req.columns)
+            .map_err(container_error)?;
+        Ok(Empty::default())
+    }
+
+    async fn list_processes(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ContainerRef,
+    ) -> ttrpc::Result<ListProcessesResponse> {
+        bounded("container_id", &req.container_id)?;
+        let processes = self
+            .containers
+            .list_processes(&req.container_id)
+            .map_err(container_error)?;
+        Ok(ListProcessesResponse {
+            processes,
+            ..Default::default()
+        })
+    }
+
+    async fn stats_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ContainerRef,
+    ) -> ttrpc::Result<ContainerStats> {
+        bounded("container_id", &req.container_id)?;
+        self.containers
+            .stats(&req.container_id)
+            .map_err(container_error)
+    }
+
+    async fn pause_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ContainerRef,
+    ) -> ttrpc::Result<Empty> {
+        bounded("container_id", &req.container_id)?;
+        self.containers
+            .set_paused(&req.container_id, true)
+            .await
+            .map_err(container_error)?;
+        Ok(Empty::default())
+    }
+
+    async fn resume_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ContainerRef,
+    ) -> ttrpc::Result<Empty> {
+        bounded("container_id", &req.container_id)?;
+        self.containers
+            .set_paused(&req.container_id, false)
+            .await
+            .map_err(container_error)?;
+        Ok(Empty::default())
+    }
+
+    async fn update_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: UpdateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        bounded("container_id", &req.container_id)?;
+        self.containers
+            .update(&req.container_id, &req.resources_json)
+            .map_err(container_error)?;
+        Ok(Empty::default())
+    }
+
+    async fn get_oom_event(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: GetOOMEventRequest,
+    ) -> ttrpc::Result<OOMEvent> {
+        self.containers
+            .next_oom()
+            .await
+            .ok_or_else(|| rpc_error(ttrpc::Code::UNAVAILABLE, "the agent is shutting down"))
+    }
 }
 
 #[async_trait]
@@ -225,10 +383,34 @@ impl health::Health for AgentService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::container::Paths;
+
+    fn service() -> AgentService {
+        let paths = Paths {
+            containers: "/nonexistent".into(),
+            cgroup_root: None,
+            proc: "/proc".into(),
+        };
+        AgentService::new(
+            "/",
+            Arc::new(Containers::new(paths)),
+            Arc::new(Sandbox::new("/nonexistent")),
+        )
+    }
+
+    #[test]
+    fn a_claimed_major_is_announced() {
+        let r = service()
+            .claiming_major(Some(2))
+            .handshake_response(&HandshakeRequest::default())
+            .unwrap();
+        assert_eq!(r.major, 2);
+        assert!(agent::check_compatible(&r).is_err());
+    }
 
     #[test]
     fn handshake_announces_version_and_capabilities() {
-        let svc = AgentService::new("/", Arc::new(Containers::new("/nonexistent")));
+        let svc = service();
         let r = svc
             .handshake_response(&HandshakeRequest {
                 host_protocol: agent::PROTOCOL.into(),
@@ -247,7 +429,7 @@ mod tests {
 
     #[test]
     fn oversized_fields_are_refused() {
-        let svc = AgentService::new("/", Arc::new(Containers::new("/nonexistent")));
+        let svc = service();
         let req = HandshakeRequest {
             host_version: "x".repeat(MAX_FIELD + 1),
             ..Default::default()

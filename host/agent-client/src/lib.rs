@@ -10,9 +10,11 @@ use std::time::{Duration, Instant};
 
 use husk_hypervisor::vsock::{self, VsockError};
 use husk_protocols::agent::{
-    self, CreateContainerRequest, GuestDetails, GuestDetailsRequest, HandshakeRequest,
-    HandshakeResponse, ProcessRef, RemoveContainerRequest, SignalProcessRequest,
-    StartContainerRequest,
+    self, ContainerRef, ContainerStats, CreateContainerRequest, CreateSandboxRequest,
+    DestroySandboxRequest, ExecProcessRequest, GetOOMEventRequest, GuestDetails,
+    GuestDetailsRequest, HandshakeRequest, HandshakeResponse, OOMEvent, ProcessInfo, ProcessRef,
+    RemoveContainerRequest, ResizeTtyRequest, SignalProcessRequest, StartContainerRequest,
+    UpdateContainerRequest,
 };
 use husk_protocols::frame::{read_frame, write_frame, FrameError};
 use husk_protocols::health::{self, CheckRequest, CheckResponse};
@@ -74,6 +76,18 @@ pub fn open_stream(
     kind: StreamKind,
     timeout: Duration,
 ) -> Result<std::os::unix::net::UnixStream, AgentError> {
+    open_process_stream(vsock_path, container, "", kind, timeout)
+}
+
+/// Opens one `husk.stdio.v1` stream of a process (`exec_id` empty: the container's init).
+/// Attach before the process starts.
+pub fn open_process_stream(
+    vsock_path: &Path,
+    container: &str,
+    exec_id: &str,
+    kind: StreamKind,
+    timeout: Duration,
+) -> Result<std::os::unix::net::UnixStream, AgentError> {
     let err = |detail: String| AgentError::Stream {
         container: container.to_owned(),
         kind,
@@ -83,7 +97,7 @@ pub fn open_stream(
     let open = StreamOpen {
         protocol: husk_protocols::stdio::PROTOCOL.to_owned(),
         container_id: container.to_owned(),
-        exec_id: String::new(),
+        exec_id: exec_id.to_owned(),
         stream: kind,
     };
     write_frame(&mut s, &open).map_err(|e| err(e.to_string()))?;
@@ -113,6 +127,11 @@ impl std::fmt::Debug for AgentClient {
             .field("handshake", &self.handshake)
             .finish_non_exhaustive()
     }
+}
+
+/// Wraps a ttrpc error with the RPC's name.
+fn rpc(name: &'static str) -> impl Fn(ttrpc::Error) -> AgentError {
+    move |source| AgentError::Rpc { rpc: name, source }
 }
 
 fn ctx(timeout: Duration) -> ttrpc::context::Context {
@@ -212,9 +231,10 @@ impl AgentClient {
             })
     }
 
-    fn process(container: &str) -> ProcessRef {
+    fn process(container: &str, exec_id: &str) -> ProcessRef {
         ProcessRef {
             container_id: container.to_owned(),
+            exec_id: exec_id.to_owned(),
             ..Default::default()
         }
     }
@@ -242,37 +262,51 @@ impl AgentClient {
             })
     }
 
-    /// Starts the container's process; returns its guest pid.
+    /// Starts the container's init process; returns its guest pid.
     pub async fn start_container(&self, id: &str) -> Result<u32, AgentError> {
+        self.start_process(id, "").await
+    }
+
+    /// Starts a process (`exec_id` empty: the container's init); returns its guest pid.
+    pub async fn start_process(&self, id: &str, exec_id: &str) -> Result<u32, AgentError> {
         let req = StartContainerRequest {
             container_id: id.to_owned(),
+            exec_id: exec_id.to_owned(),
             ..Default::default()
         };
         self.agent
             .start_container(ctx(self.timeout), &req)
             .await
             .map(|r| r.pid)
-            .map_err(|source| AgentError::Rpc {
-                rpc: "StartContainer",
-                source,
-            })
+            .map_err(rpc("StartContainer"))
     }
 
-    /// Waits, without a deadline, for the process to exit and its output to be delivered.
+    /// Waits, without a deadline, for the init process to exit and its output to be delivered.
     pub async fn wait_process(&self, id: &str) -> Result<i32, AgentError> {
+        self.wait(id, "").await
+    }
+
+    /// Waits, without a deadline, for a process to exit and its output to be delivered.
+    pub async fn wait(&self, id: &str, exec_id: &str) -> Result<i32, AgentError> {
         self.agent
-            .wait_process(ttrpc::context::Context::default(), &Self::process(id))
+            .wait_process(
+                ttrpc::context::Context::default(),
+                &Self::process(id, exec_id),
+            )
             .await
             .map(|r| r.exit_status)
-            .map_err(|source| AgentError::Rpc {
-                rpc: "WaitProcess",
-                source,
-            })
+            .map_err(rpc("WaitProcess"))
     }
 
+    /// Signals the init process.
     pub async fn signal_process(&self, id: &str, signal: u32) -> Result<(), AgentError> {
+        self.signal(id, "", signal).await
+    }
+
+    /// Signals a process.
+    pub async fn signal(&self, id: &str, exec_id: &str, signal: u32) -> Result<(), AgentError> {
         let req = SignalProcessRequest {
-            process: Some(Self::process(id)).into(),
+            process: Some(Self::process(id, exec_id)).into(),
             signal,
             ..Default::default()
         };
@@ -280,21 +314,159 @@ impl AgentClient {
             .signal_process(ctx(self.timeout), &req)
             .await
             .map(drop)
-            .map_err(|source| AgentError::Rpc {
-                rpc: "SignalProcess",
-                source,
-            })
+            .map_err(rpc("SignalProcess"))
     }
 
-    pub async fn close_stdin(&self, id: &str) -> Result<(), AgentError> {
+    /// Ends a process's stdin at once (bytes still in flight on its stream are dropped; close
+    /// the stream to end stdin after the last byte).
+    pub async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<(), AgentError> {
         self.agent
-            .close_stdin(ctx(self.timeout), &Self::process(id))
+            .close_stdin(ctx(self.timeout), &Self::process(id, exec_id))
             .await
             .map(drop)
-            .map_err(|source| AgentError::Rpc {
-                rpc: "CloseStdin",
-                source,
-            })
+            .map_err(rpc("CloseStdin"))
+    }
+
+    /// Prepares the sandbox: its id, the guest's hostname and resolver lines.
+    pub async fn create_sandbox(
+        &self,
+        id: &str,
+        hostname: &str,
+        dns: &[String],
+    ) -> Result<(), AgentError> {
+        let req = CreateSandboxRequest {
+            sandbox_id: id.to_owned(),
+            hostname: hostname.to_owned(),
+            dns: dns.to_vec(),
+            ..Default::default()
+        };
+        self.agent
+            .create_sandbox(ctx(self.timeout), &req)
+            .await
+            .map(drop)
+            .map_err(rpc("CreateSandbox"))
+    }
+
+    /// Removes every container and forgets the sandbox.
+    pub async fn destroy_sandbox(&self, id: &str) -> Result<(), AgentError> {
+        let req = DestroySandboxRequest {
+            sandbox_id: id.to_owned(),
+            ..Default::default()
+        };
+        self.agent
+            .destroy_sandbox(ctx(self.timeout), &req)
+            .await
+            .map(drop)
+            .map_err(rpc("DestroySandbox"))
+    }
+
+    /// Records a process (an OCI `process` object as JSON) to run in a running container;
+    /// attach its streams, then [`Self::start_process`] it.
+    pub async fn exec_process(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process_json: &str,
+    ) -> Result<(), AgentError> {
+        let req = ExecProcessRequest {
+            container_id: id.to_owned(),
+            exec_id: exec_id.to_owned(),
+            process_json: process_json.to_owned(),
+            ..Default::default()
+        };
+        self.agent
+            .exec_process(ctx(self.timeout), &req)
+            .await
+            .map(drop)
+            .map_err(rpc("ExecProcess"))
+    }
+
+    /// Sets a process's terminal size.
+    pub async fn resize_tty(
+        &self,
+        id: &str,
+        exec_id: &str,
+        rows: u32,
+        columns: u32,
+    ) -> Result<(), AgentError> {
+        let req = ResizeTtyRequest {
+            process: Some(Self::process(id, exec_id)).into(),
+            rows,
+            columns,
+            ..Default::default()
+        };
+        self.agent
+            .resize_tty(ctx(self.timeout), &req)
+            .await
+            .map(drop)
+            .map_err(rpc("ResizeTty"))
+    }
+
+    fn container(id: &str) -> ContainerRef {
+        ContainerRef {
+            container_id: id.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    /// The processes of a container.
+    pub async fn list_processes(&self, id: &str) -> Result<Vec<ProcessInfo>, AgentError> {
+        self.agent
+            .list_processes(ctx(self.timeout), &Self::container(id))
+            .await
+            .map(|r| r.processes)
+            .map_err(rpc("ListProcesses"))
+    }
+
+    /// A container's cgroup statistics.
+    pub async fn stats(&self, id: &str) -> Result<ContainerStats, AgentError> {
+        self.agent
+            .stats_container(ctx(self.timeout), &Self::container(id))
+            .await
+            .map_err(rpc("StatsContainer"))
+    }
+
+    /// Freezes every process of a container.
+    pub async fn pause(&self, id: &str) -> Result<(), AgentError> {
+        self.agent
+            .pause_container(ctx(self.timeout), &Self::container(id))
+            .await
+            .map(drop)
+            .map_err(rpc("PauseContainer"))
+    }
+
+    /// Thaws a paused container.
+    pub async fn resume(&self, id: &str) -> Result<(), AgentError> {
+        self.agent
+            .resume_container(ctx(self.timeout), &Self::container(id))
+            .await
+            .map(drop)
+            .map_err(rpc("ResumeContainer"))
+    }
+
+    /// Applies new limits (an OCI `linux.resources` object as JSON).
+    pub async fn update(&self, id: &str, resources_json: &str) -> Result<(), AgentError> {
+        let req = UpdateContainerRequest {
+            container_id: id.to_owned(),
+            resources_json: resources_json.to_owned(),
+            ..Default::default()
+        };
+        self.agent
+            .update_container(ctx(self.timeout), &req)
+            .await
+            .map(drop)
+            .map_err(rpc("UpdateContainer"))
+    }
+
+    /// Waits, without a deadline, for the next OOM kill in any container.
+    pub async fn oom_event(&self) -> Result<OOMEvent, AgentError> {
+        self.agent
+            .get_oom_event(
+                ttrpc::context::Context::default(),
+                &GetOOMEventRequest::default(),
+            )
+            .await
+            .map_err(rpc("GetOOMEvent"))
     }
 
     pub async fn remove_container(&self, id: &str) -> Result<(), AgentError> {

@@ -13,6 +13,7 @@ mod ps;
 mod run;
 mod state;
 mod table;
+mod terminal;
 mod vm;
 
 use std::path::PathBuf;

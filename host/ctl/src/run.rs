@@ -1,6 +1,7 @@
 //! `husk run IMAGE [-- CMD ARGS…]`: a container in a fresh VM, no containerd needed. The
-//! container's stdout and stderr stream live, stdin with `-i`, its exit code (or 128+signal)
-//! becomes husk's, and Ctrl-C is forwarded to it as SIGINT.
+//! container's stdout and stderr stream live, stdin with `-i`, a terminal with `-t` (raw mode
+//! and window size passed on), its exit code (or 128+signal) becomes husk's, and Ctrl-C is
+//! forwarded to it as SIGINT (or, on a terminal, typed into it).
 //!
 //! Owns the flow boot → agent → create → attach → start → wait → remove → shutdown. Must
 //! never leave the VM behind (the Vm is dropped on every path) or lose output (it waits for the
@@ -18,7 +19,7 @@ use husk_hypervisor::config::Share;
 use husk_hypervisor::{Hypervisor, VmConfig};
 use husk_protocols::stdio::StreamKind;
 
-use crate::{state, vm, BootArgs};
+use crate::{state, terminal, vm, BootArgs};
 
 /// husk's own failure (as `docker run`): the container never ran.
 pub const RUN_FAILED: u8 = 125;
@@ -114,9 +115,14 @@ pub fn spec_for_image(
     extra_env: &[String],
     hostname: &str,
     rootfs: &std::path::Path,
+    terminal: bool,
 ) -> anyhow::Result<String> {
     let mut env = image.env.clone().unwrap_or_default();
+    if terminal && !env.iter().any(|e| e.starts_with("TERM=")) {
+        env.push("TERM=xterm".into());
+    }
     let mut v = spec_value(command, &mut env, extra_env, hostname)?;
+    v["process"]["terminal"] = terminal.into();
     if let Some(dir) = image.working_dir.as_deref().filter(|d| !d.is_empty()) {
         v["process"]["cwd"] = dir.into();
     }
@@ -197,12 +203,6 @@ fn pump(mut from: UnixStream, mut to: impl Write + Send + 'static) -> std::threa
 }
 
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
-    if args.tty {
-        bail!(RunError {
-            code: RUN_FAILED,
-            message: "-t (a terminal) is not supported yet; run without it".into()
-        });
-    }
     let hv = vm::hypervisor(&args.boot)?;
     let mut cfg = vm::config(&args.boot);
     // Layered images are unpacked into a work directory of this sandbox, removed at the end.
@@ -235,7 +235,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         read_only: true,
     });
     let name = args.name.clone().unwrap_or_else(|| cfg.id.clone());
-    let spec = spec_for_image(&command, &image.config, &args.env, &name, &rootfs)?;
+    let spec = spec_for_image(&command, &image.config, &args.env, &name, &rootfs, args.tty)?;
     let _record = state::register(&state::Record {
         id: cfg.id.clone(),
         name: name.clone(),
@@ -252,6 +252,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
 
     let io = Io::Terminal {
         stdin: args.interactive,
+        tty: args.tty,
     };
     let outcome = execute(
         hv.as_ref(),
@@ -267,8 +268,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
 /// Where the container's standard streams go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Io {
-    /// husk's own stdout and stderr; stdin too when asked.
-    Terminal { stdin: bool },
+    /// husk's own stdout and stderr; stdin too when asked; with `tty`, the container runs on a
+    /// terminal whose output comes on stdout.
+    Terminal { stdin: bool, tty: bool },
     /// Read and dropped (benchmarks).
     Discard,
 }
@@ -310,30 +312,77 @@ pub fn execute(
         .enable_all()
         .build()?;
     let id = "main";
+    let (stdin, tty) = match io {
+        Io::Terminal { stdin, tty } => (stdin, tty),
+        Io::Discard => (false, false),
+    };
     let code = rt.block_on(async {
-        let client = AgentClient::connect(&vsock, timeout).await.context("connecting to the guest agent")?;
+        let client = AgentClient::connect(&vsock, timeout)
+            .await
+            .context("connecting to the guest agent")?;
         timings.agent_ready = since(std::time::Instant::now());
+        client
+            .create_sandbox(&cfg.id, "", &[])
+            .await
+            .context("creating the sandbox")?;
         if let Err(e) = client.create_container(id, spec, "rootfs").await {
             let not_found = e.to_string().contains("not found in $PATH");
-            bail!(RunError { code: if not_found { COMMAND_NOT_FOUND } else { RUN_FAILED }, message: e.to_string() });
+            bail!(RunError {
+                code: if not_found {
+                    COMMAND_NOT_FOUND
+                } else {
+                    RUN_FAILED
+                },
+                message: e.to_string()
+            });
         }
         let (out, err): (Box<dyn Write + Send>, Box<dyn Write + Send>) = match io {
             Io::Terminal { .. } => (Box::new(std::io::stdout()), Box::new(std::io::stderr())),
             Io::Discard => (Box::new(std::io::sink()), Box::new(std::io::sink())),
         };
         let out = pump(open_stream(&vsock, id, StreamKind::Stdout, timeout)?, out);
-        let err = pump(open_stream(&vsock, id, StreamKind::Stderr, timeout)?, err);
-        let stdin = match io {
-            Io::Terminal { stdin: true } => Some(open_stream(&vsock, id, StreamKind::Stdin, timeout)?),
+        // On a terminal, stderr comes through the terminal, on stdout.
+        let err = match tty {
+            false => Some(pump(
+                open_stream(&vsock, id, StreamKind::Stderr, timeout)?,
+                err,
+            )),
+            true => None,
+        };
+        let input = match stdin {
+            true => Some(open_stream(&vsock, id, StreamKind::Stdin, timeout)?),
+            false => None,
+        };
+        let mut winch = match tty {
+            true => {
+                if let Some((rows, cols)) = terminal::size() {
+                    client
+                        .resize_tty(id, "", rows, cols)
+                        .await
+                        .context("sizing the terminal")?;
+                }
+                Some(tokio::signal::unix::signal(
+                    tokio::signal::unix::SignalKind::window_change(),
+                )?)
+            }
+            false => None,
+        };
+        // Raw mode only while the container runs, restored on every path out of here.
+        let _raw = match (tty, stdin) {
+            (true, true) => terminal::RawMode::enter(),
             _ => None,
         };
-        client.start_container(id).await.context("starting the container")?;
+        client
+            .start_container(id)
+            .await
+            .context("starting the container")?;
         timings.started = since(std::time::Instant::now());
-        let (stdin_done_tx, mut stdin_done) = tokio::sync::mpsc::channel::<()>(1);
-        if let Some(mut s) = stdin {
+        if let Some(mut s) = input {
+            // The end of husk's stdin ends the stream, which the guest sees after the last byte
+            // (CloseStdin would race the bytes still in flight on the stream).
             std::thread::spawn(move || {
                 let _ = std::io::copy(&mut std::io::stdin().lock(), &mut s);
-                let _ = stdin_done_tx.blocking_send(());
+                let _ = s.shutdown(std::net::Shutdown::Write);
             });
         }
         let wait = client.wait_process(id);
@@ -341,18 +390,24 @@ pub fn execute(
         let code = loop {
             tokio::select! {
                 r = &mut wait => break r.context("waiting for the container")?,
-                Some(()) = stdin_done.recv() => client.close_stdin(id).await.context("closing stdin")?,
                 _ = tokio::signal::ctrl_c() => {
                     let _ = client.signal_process(id, libc::SIGINT as u32).await;
+                }
+                Some(()) = async { winch.as_mut()?.recv().await } => {
+                    if let Some((rows, cols)) = terminal::size() {
+                        let _ = client.resize_tty(id, "", rows, cols).await;
+                    }
                 }
             }
         };
         // WaitProcess answered after the guest wrote the last byte: drain it before exiting.
         let _ = out.join();
-        let _ = err.join();
+        if let Some(err) = err {
+            let _ = err.join();
+        }
         timings.exited = since(std::time::Instant::now());
-        if let Err(e) = client.remove_container(id).await {
-            tracing::warn!(error = %e, "removing the container");
+        if let Err(e) = client.destroy_sandbox(&cfg.id).await {
+            tracing::warn!(error = %e, "destroying the sandbox");
         }
         Ok::<i32, anyhow::Error>(code)
     })?;

@@ -1,6 +1,8 @@
-//! The basic jail: what a container's init process does between fork and exec. New mount, UTS
-//! and IPC namespaces (the PID namespace is entered by the spawning thread), the spec's mounts
-//! and device nodes under the rootfs, `pivot_root`, hostname, user and groups, cwd.
+//! The basic jail: what a container's process does between fork and exec. It joins the
+//! container's cgroup and takes its terminal; an init process then makes new mount, UTS and IPC
+//! namespaces (the PID namespace is entered by the spawning thread), the spec's mounts and device
+//! nodes under the rootfs, `pivot_root` and the hostname; an exec'd process instead joins the
+//! namespaces and root of the running init. Both then set user and groups, and cwd.
 //!
 //! Owns the order of those steps, behind [`JailSys`] so the order is unit-tested with a
 //! recording fake. Runs after `fork` in a process that had threads, so [`enter`] and the real
@@ -8,9 +10,10 @@
 
 use std::ffi::{CStr, CString};
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
-use super::spec::ProcessPlan;
+use super::spec::{ContainerPlan, ProcessPlan};
 
 /// Device nodes bind-mounted from the guest's /dev into the container's.
 const DEV_NODES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
@@ -45,6 +48,13 @@ pub trait JailSys {
     fn pivot_root_here(&mut self) -> io::Result<()>;
     fn sethostname(&mut self, name: &CStr) -> io::Result<()>;
     fn set_ids(&mut self, uid: u32, gid: u32, groups: &[libc::gid_t]) -> io::Result<()>;
+    /// Moves the calling process into the cgroup whose `cgroup.procs` is open as `procs`.
+    fn join_cgroup(&mut self, procs: RawFd) -> io::Result<()>;
+    /// `setsid()`, then makes the terminal on stdin the controlling terminal.
+    fn take_terminal(&mut self) -> io::Result<()>;
+    fn setns(&mut self, fd: RawFd, nstype: libc::c_int) -> io::Result<()>;
+    /// `fchdir(dir)` then `chroot(".")`.
+    fn chroot_to(&mut self, dir: RawFd) -> io::Result<()>;
 }
 
 #[derive(Debug)]
@@ -57,20 +67,44 @@ struct PreparedMount {
     bind: bool,
 }
 
-/// Everything the child needs, as C strings, prepared before `fork`.
+/// How the process gets its namespaces and root.
+#[derive(Debug)]
+enum Entry {
+    /// A container's init: new namespaces, mounts, root and hostname.
+    New {
+        rootfs: CString,
+        mounts: Vec<PreparedMount>,
+        dev_nodes: Vec<(CString, CString)>,
+        dev_links: Vec<(CString, CString)>,
+        hostname: Option<CString>,
+    },
+    /// An exec'd process: the init's namespaces (fd, type) and root directory.
+    Join {
+        namespaces: Vec<(OwnedFd, libc::c_int)>,
+        root: OwnedFd,
+    },
+}
+
+/// Everything the child needs, as C strings and open files, prepared before `fork`.
 #[derive(Debug)]
 pub struct JailPlan {
-    rootfs: CString,
-    mounts: Vec<PreparedMount>,
-    dev_nodes: Vec<(CString, CString)>,
-    dev_links: Vec<(CString, CString)>,
-    hostname: Option<CString>,
+    entry: Entry,
+    cgroup_procs: Option<OwnedFd>,
+    terminal: bool,
     cwd: CString,
     uid: u32,
     gid: u32,
     groups: Vec<libc::gid_t>,
     empty: CString,
 }
+
+/// Namespaces an exec'd process joins, by their name under /proc/PID/ns.
+const JOINED_NAMESPACES: &[(&str, libc::c_int)] = &[
+    ("ipc", libc::CLONE_NEWIPC),
+    ("uts", libc::CLONE_NEWUTS),
+    // Last: after it, /proc/PID of the agent's view is gone.
+    ("mnt", libc::CLONE_NEWNS),
+];
 
 fn cstr(s: impl AsRef<[u8]>) -> io::Result<CString> {
     CString::new(s.as_ref())
@@ -87,8 +121,13 @@ fn under(rootfs: &Path, dest: &Path) -> io::Result<CString> {
 }
 
 impl JailPlan {
-    /// Prepares the jail for `plan` with its root at `rootfs` (a guest path).
-    pub fn new(rootfs: &Path, plan: &ProcessPlan) -> io::Result<Self> {
+    /// Prepares the jail of a container's init process, with its root at `rootfs` (a guest
+    /// path), joining the cgroup whose `cgroup.procs` is open as `cgroup_procs`.
+    pub fn new(
+        rootfs: &Path,
+        plan: &ContainerPlan,
+        cgroup_procs: Option<OwnedFd>,
+    ) -> io::Result<Self> {
         let dev_is_tmpfs = plan
             .mounts
             .iter()
@@ -120,12 +159,52 @@ impl JailPlan {
                 dev_links.push((cstr(target)?, under(rootfs, &Path::new("/dev").join(link))?));
             }
         }
-        Ok(Self {
+        let entry = Entry::New {
             rootfs: cstr(rootfs.as_os_str().as_encoded_bytes())?,
             mounts,
             dev_nodes,
             dev_links,
             hostname: plan.hostname.as_deref().map(cstr).transpose()?,
+        };
+        Self::with_entry(entry, &plan.process, cgroup_procs)
+    }
+
+    /// Prepares the jail of a process exec'd into the container whose init is `init_pid`, as
+    /// seen under `proc` (`/proc` in the guest).
+    pub fn join(
+        proc: &Path,
+        init_pid: u32,
+        plan: &ProcessPlan,
+        cgroup_procs: Option<OwnedFd>,
+    ) -> io::Result<Self> {
+        let open = |p: &Path, flags: libc::c_int| -> io::Result<OwnedFd> {
+            let c = cstr(p.as_os_str().as_encoded_bytes())?;
+            // SAFETY: `c` is NUL-terminated; a non-negative result is a new fd we own.
+            let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `fd` was just opened and is owned by nothing else.
+            Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+        };
+        let base = proc.join(init_pid.to_string());
+        let mut namespaces = Vec::new();
+        for (name, nstype) in JOINED_NAMESPACES {
+            namespaces.push((open(&base.join("ns").join(name), libc::O_RDONLY)?, *nstype));
+        }
+        let root = open(&base.join("root"), libc::O_RDONLY | libc::O_DIRECTORY)?;
+        Self::with_entry(Entry::Join { namespaces, root }, plan, cgroup_procs)
+    }
+
+    fn with_entry(
+        entry: Entry,
+        plan: &ProcessPlan,
+        cgroup_procs: Option<OwnedFd>,
+    ) -> io::Result<Self> {
+        Ok(Self {
+            entry,
+            cgroup_procs,
+            terminal: plan.terminal,
             cwd: cstr(plan.cwd.as_os_str().as_encoded_bytes())?,
             uid: plan.uid,
             gid: plan.gid,
@@ -137,6 +216,46 @@ impl JailPlan {
 
 /// Runs the jail set-up in the forked child. Allocates nothing.
 pub fn enter(sys: &mut impl JailSys, p: &JailPlan) -> io::Result<()> {
+    // The cgroup first: everything the process does from here on is accounted and limited.
+    if let Some(procs) = &p.cgroup_procs {
+        sys.join_cgroup(procs.as_raw_fd())?;
+    }
+    if p.terminal {
+        sys.take_terminal()?;
+    }
+    match &p.entry {
+        Entry::New {
+            rootfs,
+            mounts,
+            dev_nodes,
+            dev_links,
+            hostname,
+        } => {
+            enter_new(sys, p, rootfs, mounts, dev_nodes, dev_links)?;
+            if let Some(h) = hostname {
+                sys.sethostname(h)?;
+            }
+        }
+        Entry::Join { namespaces, root } => {
+            for (fd, nstype) in namespaces {
+                sys.setns(fd.as_raw_fd(), *nstype)?;
+            }
+            sys.chroot_to(root.as_raw_fd())?;
+        }
+    }
+    sys.set_ids(p.uid, p.gid, &p.groups)?;
+    sys.chdir(&p.cwd)
+}
+
+/// New namespaces, mounts and root for a container's init.
+fn enter_new(
+    sys: &mut impl JailSys,
+    p: &JailPlan,
+    rootfs: &CStr,
+    mounts: &[PreparedMount],
+    dev_nodes: &[(CString, CString)],
+    dev_links: &[(CString, CString)],
+) -> io::Result<()> {
     sys.unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC)?;
     // Nothing done below may propagate back to the agent's mount namespace.
     sys.mount(
@@ -148,13 +267,13 @@ pub fn enter(sys: &mut impl JailSys, p: &JailPlan) -> io::Result<()> {
     )?;
     // pivot_root needs the new root to be a mount point.
     sys.mount(
-        &p.rootfs,
-        &p.rootfs,
+        rootfs,
+        rootfs,
         &p.empty,
         libc::MS_BIND | libc::MS_REC,
         &p.empty,
     )?;
-    for m in &p.mounts {
+    for m in mounts {
         if m.bind {
             touch_or_mkdir(sys, &m.source, &m.target)?;
             sys.mount(
@@ -173,21 +292,16 @@ pub fn enter(sys: &mut impl JailSys, p: &JailPlan) -> io::Result<()> {
             sys.mount(&m.source, &m.target, &m.fstype, m.flags, &m.data)?;
         }
     }
-    for (src, target) in &p.dev_nodes {
+    for (src, target) in dev_nodes {
         sys.touch(target)?;
         sys.mount(src, target, &p.empty, libc::MS_BIND, &p.empty)?;
     }
-    for (target, link) in &p.dev_links {
+    for (target, link) in dev_links {
         sys.symlink(target, link)?;
     }
-    sys.chdir(&p.rootfs)?;
+    sys.chdir(rootfs)?;
     sys.pivot_root_here()?;
-    sys.chdir(c"/")?;
-    if let Some(h) = &p.hostname {
-        sys.sethostname(h)?;
-    }
-    sys.set_ids(p.uid, p.gid, &p.groups)?;
-    sys.chdir(&p.cwd)
+    sys.chdir(c"/")
 }
 
 /// Creates a bind-mount target of the same kind as its source (directory or file).
@@ -331,6 +445,38 @@ impl JailSys for LibcJail {
         // SAFETY: plain id arguments.
         check(unsafe { libc::setuid(uid) })
     }
+
+    fn join_cgroup(&mut self, procs: RawFd) -> io::Result<()> {
+        // "0" means the writing process.
+        // SAFETY: writes one byte from a static buffer to an fd we hold open.
+        let n = unsafe { libc::write(procs, c"0".as_ptr().cast(), 1) };
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    fn take_terminal(&mut self) -> io::Result<()> {
+        // SAFETY: setsid(2) takes no arguments.
+        if unsafe { libc::setsid() } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: TIOCSCTTY on stdin with argument 0 (do not steal).
+        check(unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) })
+    }
+
+    fn setns(&mut self, fd: RawFd, nstype: libc::c_int) -> io::Result<()> {
+        // SAFETY: setns(2) with an fd we hold open and a namespace type.
+        check(unsafe { libc::setns(fd, nstype) })
+    }
+
+    fn chroot_to(&mut self, dir: RawFd) -> io::Result<()> {
+        // SAFETY: fchdir(2) to an fd we hold open, then chroot(2) to a static path.
+        check(unsafe { libc::fchdir(dir) })?;
+        // SAFETY: chroot(2) with a NUL-terminated path.
+        check(unsafe { libc::chroot(c".".as_ptr()) })
+    }
 }
 
 #[cfg(test)]
@@ -394,6 +540,22 @@ mod tests {
             self.0.push(format!("ids {uid} {gid} {groups:?}"));
             Ok(())
         }
+        fn join_cgroup(&mut self, _: RawFd) -> io::Result<()> {
+            self.0.push("cgroup".into());
+            Ok(())
+        }
+        fn take_terminal(&mut self) -> io::Result<()> {
+            self.0.push("terminal".into());
+            Ok(())
+        }
+        fn setns(&mut self, _: RawFd, nstype: libc::c_int) -> io::Result<()> {
+            self.0.push(format!("setns {nstype:#x}"));
+            Ok(())
+        }
+        fn chroot_to(&mut self, _: RawFd) -> io::Result<()> {
+            self.0.push("chroot".into());
+            Ok(())
+        }
     }
 
     #[test]
@@ -404,7 +566,7 @@ mod tests {
         v["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 100, "additionalGids": [5]});
         v["hostname"] = "box".into();
         let plan = spec::parse(&v.to_string()).unwrap();
-        let jail = JailPlan::new(Path::new("/run/c/rootfs"), &plan).unwrap();
+        let jail = JailPlan::new(Path::new("/run/c/rootfs"), &plan, None).unwrap();
         let mut rec = Recorder::default();
         enter(&mut rec, &jail).unwrap();
         let calls = rec.0;
@@ -438,5 +600,51 @@ mod tests {
             "hostname needs root"
         );
         assert_eq!(calls.last().unwrap(), "chdir /work");
+    }
+
+    /// A fake /proc/PID with the files an exec'd process opens.
+    fn fake_proc(pid: u32) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join(pid.to_string());
+        std::fs::create_dir_all(base.join("ns")).unwrap();
+        std::fs::create_dir_all(base.join("root")).unwrap();
+        for (name, _) in JOINED_NAMESPACES {
+            std::fs::write(base.join("ns").join(name), "").unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn an_exec_joins_cgroup_terminal_namespaces_and_root_in_order() {
+        let proc = fake_proc(42);
+        let plan = spec::parse_process(
+            r#"{"args":["sh"],"cwd":"/srv","terminal":true,"user":{"uid":7,"gid":8}}"#,
+        )
+        .unwrap();
+        let cgroup = std::fs::File::create(proc.path().join("procs")).unwrap();
+        let jail = JailPlan::join(proc.path(), 42, &plan, Some(cgroup.into())).unwrap();
+        let mut rec = Recorder::default();
+        enter(&mut rec, &jail).unwrap();
+        assert_eq!(
+            rec.0,
+            [
+                "cgroup".to_owned(),
+                "terminal".into(),
+                format!("setns {:#x}", libc::CLONE_NEWIPC),
+                format!("setns {:#x}", libc::CLONE_NEWUTS),
+                format!("setns {:#x}", libc::CLONE_NEWNS),
+                "chroot".into(),
+                "ids 7 8 []".into(),
+                "chdir /srv".into(),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_exec_into_a_gone_process_is_an_error() {
+        let proc = fake_proc(42);
+        let plan = spec::parse_process(r#"{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0}}"#).unwrap();
+        let e = JailPlan::join(proc.path(), 43, &plan, None).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
     }
 }

@@ -1,36 +1,46 @@
-//! Containers in the sandbox: their state, and the lifecycle the RPC handlers drive (create,
-//! attach stdio, start, wait, signal, close stdin, remove).
+//! Containers in the sandbox: their registry, and the lifecycle the RPC handlers drive
+//! (create, exec, attach stdio, start, wait, signal, stdin, terminal size, processes, stats,
+//! pause, resume, update, OOM events, remove).
 //!
-//! Owns container state and the ordering guarantee that WaitProcess answers only after all of
-//! a process's output has been written to its streams. Must never block the async runtime
-//! (waits run on the blocking pool) or trust an id, tag, path or signal from a request.
+//! Owns container state: the rootfs mounts, the cgroup, the init process and the exec'd ones.
+//! Must never block the async runtime (waits run on the blocking pool) or trust an id, tag,
+//! path, size or signal from a request.
 
+pub mod cgroup;
 pub mod jail;
+pub mod process;
+pub mod ps;
 pub mod spec;
 pub mod stdio;
+pub mod tty;
 
-use std::collections::HashMap;
-use std::os::fd::OwnedFd;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use husk_protocols::agent::valid_id;
+use husk_protocols::agent::{valid_id, ContainerStats, OOMEvent, ProcessInfo};
 use husk_protocols::stdio::StreamKind;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{watch, Notify};
+use tokio::sync::mpsc;
 use tokio_vsock::VsockStream;
 
-use self::spec::ProcessPlan;
+use self::cgroup::Cgroup;
+use self::jail::JailPlan;
+use self::process::{PidNamespace, Process};
+use self::spec::{ContainerPlan, ProcessPlan};
 
 /// Where container directories live in the guest.
 pub const CONTAINERS_DIR: &str = "/run/husk/containers";
 /// The PATH used to find `args[0]` when the spec's environment has none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-/// How long RemoveContainer waits for a killed process.
+/// How long RemoveContainer waits for killed processes.
 const KILL_WAIT: Duration = Duration::from_secs(10);
+/// How long Pause and Resume wait for the cgroup to (un)freeze.
+const FREEZE_WAIT: Duration = Duration::from_secs(10);
+/// Most exec'd processes a container holds at once (each costs memory in the agent).
+pub const MAX_EXECS: usize = 256;
+/// OOM events kept for GetOOMEvent before new ones are dropped.
+const OOM_QUEUE: usize = 64;
 
 /// Why a container operation failed; each maps to a ttrpc status code.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +57,11 @@ pub enum ContainerError {
     State { id: String, what: String },
     #[error("{0}")]
     Invalid(String),
+    #[error("container {id:?}: {source}")]
+    Cgroup {
+        id: String,
+        source: cgroup::CgroupError,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -59,6 +74,13 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Containe
     move |source| ContainerError::Io { context, source }
 }
 
+fn cgroup_err(id: &str) -> impl FnOnce(cgroup::CgroupError) -> ContainerError + '_ {
+    move |source| ContainerError::Cgroup {
+        id: id.to_owned(),
+        source,
+    }
+}
+
 impl ContainerError {
     /// The ttrpc status code for this error.
     pub fn code(&self) -> ttrpc::Code {
@@ -69,7 +91,11 @@ impl ContainerError {
             ContainerError::Exists(_) => ttrpc::Code::ALREADY_EXISTS,
             ContainerError::NotFound(_) => ttrpc::Code::NOT_FOUND,
             ContainerError::State { .. } => ttrpc::Code::FAILED_PRECONDITION,
-            ContainerError::Io { .. } => ttrpc::Code::INTERNAL,
+            ContainerError::Cgroup {
+                source: cgroup::CgroupError::Invalid { .. },
+                ..
+            } => ttrpc::Code::INVALID_ARGUMENT,
+            ContainerError::Cgroup { .. } | ContainerError::Io { .. } => ttrpc::Code::INTERNAL,
         }
     }
 }
@@ -83,29 +109,18 @@ fn valid_tag(tag: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-#[derive(Default)]
-struct Streams {
-    stdin: Option<VsockStream>,
-    stdout: Option<VsockStream>,
-    stderr: Option<VsockStream>,
-}
-
-#[derive(Default)]
-struct State {
-    streams: Streams,
-    pid: Option<u32>,
-    started: bool,
-    exited: bool,
-}
-
 /// One container.
 pub struct Container {
     id: String,
     rootfs: PathBuf,
-    plan: ProcessPlan,
-    state: Mutex<State>,
-    exit: watch::Sender<Option<i32>>,
-    close_stdin: Arc<Notify>,
+    plan: ContainerPlan,
+    init: Arc<Process>,
+    execs: Mutex<HashMap<String, Arc<Process>>>,
+    cgroup: Option<Cgroup>,
+    oom_watch: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Frozen by PauseContainer: nothing may start in it (a new process would freeze before
+    /// its exec, and the start with it).
+    paused: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Container {
@@ -117,16 +132,53 @@ impl std::fmt::Debug for Container {
 }
 
 impl Container {
-    fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn execs(&self) -> MutexGuard<'_, HashMap<String, Arc<Process>>> {
+        self.execs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cgroup(&self) -> Result<&Cgroup, ContainerError> {
+        self.cgroup.as_ref().ok_or_else(|| ContainerError::State {
+            id: self.id.clone(),
+            what: "has no cgroup (the guest has no cgroup2 hierarchy)".into(),
+        })
+    }
+}
+
+/// Where the registry finds the guest's kernel interfaces (a temporary tree in tests).
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// Container directories ([`CONTAINERS_DIR`]).
+    pub containers: PathBuf,
+    /// The cgroup2 root ([`cgroup::CGROUP_ROOT`]); `None`: containers get no cgroup.
+    pub cgroup_root: Option<PathBuf>,
+    /// procfs (`/proc`).
+    pub proc: PathBuf,
+}
+
+impl Paths {
+    /// The guest's own.
+    pub fn guest() -> Self {
+        let cgroup_root = Path::new(cgroup::CGROUP_ROOT);
+        Self {
+            containers: CONTAINERS_DIR.into(),
+            cgroup_root: cgroup_root
+                .join("cgroup.controllers")
+                .exists()
+                .then(|| cgroup_root.to_owned()),
+            proc: "/proc".into(),
+        }
     }
 }
 
 /// All containers of this sandbox.
 #[derive(Debug)]
 pub struct Containers {
-    dir: PathBuf,
+    paths: Paths,
     all: Mutex<HashMap<String, Arc<Container>>>,
+    /// Ids being created, reserved so two creates never mount on one directory.
+    creating: Mutex<HashSet<String>>,
+    oom_tx: mpsc::Sender<OOMEvent>,
+    oom_rx: tokio::sync::Mutex<mpsc::Receiver<OOMEvent>>,
 }
 
 fn check_id(what: &'static str, id: &str) -> Result<(), ContainerError> {
@@ -186,9 +238,6 @@ fn resolve_program(rootfs: &Path, plan: &ProcessPlan) -> Result<PathBuf, Contain
     )))
 }
 
-/// Pipe capacity for a process's stdio: fewer, larger reads and vsock packets.
-const PIPE_SIZE: libc::c_int = 1 << 20;
-
 /// Mounts the container's root: the image share read-only at `dir/image`, a tmpfs at
 /// `dir/cow` for its writes, and an overlay of both at `dir/rootfs`, so a container never
 /// changes the image on the host and its writes vanish with it.
@@ -243,68 +292,28 @@ fn mount_rootfs(dir: &Path, tag: &str) -> Result<PathBuf, ContainerError> {
     Ok(rootfs)
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd), ContainerError> {
-    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| io_err("creating a pipe")(e.into()))?;
-    // Best effort: the default 64 KiB still works, only slower.
-    let _ = nix::fcntl::fcntl(
-        std::os::fd::AsRawFd::as_raw_fd(&r),
-        nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE),
-    );
-    Ok((r, w))
-}
-/// Copy buffer for output: large writes keep vsock packets full (8 KiB ones cost ~8× more).
-const COPY_BUF: usize = 256 * 1024;
+/// Removes a reservation of an id when creation ends, however it ends.
+struct Reservation<'a>(&'a Containers, String);
 
-async fn copy_out(from: OwnedFd, mut to: VsockStream) {
-    use tokio::io::AsyncReadExt;
-    match tokio::net::unix::pipe::Receiver::from_owned_fd(from) {
-        Ok(mut rx) => {
-            let mut buf = vec![0u8; COPY_BUF];
-            loop {
-                match rx.read(&mut buf).await {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        if let Err(e) = to.write_all(&buf[..n]).await {
-                            tracing::warn!(error = %e, "output stream broken");
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "reading process output");
-                        break;
-                    }
-                }
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "cannot read process output"),
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.0
+            .creating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.1);
     }
-    // Closing the stream after the last byte is the host's end of output.
-    let _ = to.flush().await;
-    drop(to);
-}
-
-async fn copy_in<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
-    mut from: R,
-    mut to: W,
-    close: Arc<Notify>,
-) {
-    tokio::select! {
-        r = tokio::io::copy(&mut from, &mut to) => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "stdin stream ended");
-            }
-        }
-        () = close.notified() => {}
-    }
-    // Dropping the pipe's write end is the process's end of input.
 }
 
 impl Containers {
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
+    pub fn new(paths: Paths) -> Self {
+        let (oom_tx, oom_rx) = mpsc::channel(OOM_QUEUE);
         Self {
-            dir: dir.into(),
+            paths,
             all: Mutex::new(HashMap::new()),
+            creating: Mutex::new(HashSet::new()),
+            oom_tx,
+            oom_rx: tokio::sync::Mutex::new(oom_rx),
         }
     }
 
@@ -320,18 +329,43 @@ impl Containers {
             .ok_or_else(|| ContainerError::NotFound(id.to_owned()))
     }
 
-    fn init_only(exec_id: &str) -> Result<(), ContainerError> {
+    /// The container's init (empty `exec_id`) or one of its exec'd processes.
+    fn process(
+        &self,
+        id: &str,
+        exec_id: &str,
+    ) -> Result<(Arc<Container>, Arc<Process>), ContainerError> {
+        let c = self.get(id)?;
         if exec_id.is_empty() {
-            Ok(())
-        } else {
-            check_id("exec id", exec_id)?;
-            Err(ContainerError::NotFound(format!(
-                "exec {exec_id} (ExecProcess is not served yet)"
-            )))
+            let p = c.init.clone();
+            return Ok((c, p));
         }
+        check_id("exec id", exec_id)?;
+        let p = c
+            .execs()
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| ContainerError::State {
+                id: id.into(),
+                what: format!("no exec {exec_id:?}"),
+            })?;
+        Ok((c, p))
     }
 
-    /// Mounts the rootfs share and records the container.
+    /// The ids of all containers.
+    pub fn ids(&self) -> Vec<String> {
+        self.all().keys().cloned().collect()
+    }
+
+    fn reserve(&self, id: &str) -> Result<Reservation<'_>, ContainerError> {
+        let mut creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
+        if self.all().contains_key(id) || !creating.insert(id.to_owned()) {
+            return Err(ContainerError::Exists(id.to_owned()));
+        }
+        Ok(Reservation(self, id.to_owned()))
+    }
+
+    /// Mounts the rootfs share, makes the cgroup and records the container.
     pub fn create(
         &self,
         id: &str,
@@ -345,17 +379,10 @@ impl Containers {
             )));
         }
         let plan = spec::parse(spec_json)?;
-        if self.all().contains_key(id) {
-            return Err(ContainerError::Exists(id.to_owned()));
-        }
-        let rootfs = match mount_rootfs(&self.dir.join(id), rootfs_tag) {
-            Ok(r) => r,
-            Err(e) => {
-                self.unmount(id);
-                return Err(e);
-            }
-        };
-        let prepared = (|| {
+        let _reserved = self.reserve(id)?;
+        let mut cgroup = None;
+        let made = (|| {
+            let rootfs = mount_rootfs(&self.paths.containers.join(id), rootfs_tag)?;
             for m in &plan.mounts {
                 check_no_symlinks(&rootfs, &m.destination)?;
                 let dir = rootfs.join(m.destination.strip_prefix("/").unwrap_or(&m.destination));
@@ -366,36 +393,73 @@ impl Containers {
                     )))?;
                 }
             }
-            resolve_program(&rootfs, &plan)
+            resolve_program(&rootfs, &plan.process)?;
+            if let Some(root) = &self.paths.cgroup_root {
+                let cg = cgroup.insert(Cgroup::create(root, id).map_err(cgroup_err(id))?);
+                if let Some(r) = &plan.resources {
+                    cg.apply(r).map_err(cgroup_err(id))?;
+                }
+            }
+            let init = Process::new(id, "", plan.process.clone())?;
+            Ok::<_, ContainerError>((rootfs, init))
         })();
-        if let Err(e) = prepared {
-            self.unmount(id);
-            return Err(e);
-        }
-        let (exit, _) = watch::channel(None);
-        let c = Container {
+        let (rootfs, init) = match made {
+            Ok(m) => m,
+            Err(e) => {
+                if let Some(cg) = &cgroup {
+                    let _ = cg.remove();
+                }
+                self.unmount(id);
+                return Err(e);
+            }
+        };
+        let c = Arc::new(Container {
             id: id.to_owned(),
             rootfs,
             plan,
-            state: Mutex::new(State::default()),
-            exit,
-            close_stdin: Arc::new(Notify::new()),
-        };
-        let mut all = self.all();
-        if all.contains_key(id) {
-            drop(all);
-            self.unmount(id);
-            return Err(ContainerError::Exists(id.to_owned()));
-        }
-        all.insert(id.to_owned(), Arc::new(c));
+            init: Arc::new(init),
+            execs: Mutex::new(HashMap::new()),
+            cgroup,
+            oom_watch: Mutex::new(None),
+            paused: std::sync::atomic::AtomicBool::new(false),
+        });
+        self.watch_oom(&c);
+        self.all().insert(id.to_owned(), c);
         tracing::info!(container = id, "container created");
         Ok(())
+    }
+
+    /// Forwards the container's OOM kills to GetOOMEvent until it is removed.
+    fn watch_oom(&self, c: &Arc<Container>) {
+        let Some(cg) = c.cgroup.clone() else { return };
+        let (tx, id) = (self.oom_tx.clone(), c.id.clone());
+        let task = tokio::spawn(async move {
+            let mut seen = cg.oom_kills().unwrap_or(0);
+            while let Ok(n) = cg.wait_oom(seen).await {
+                seen = n;
+                tracing::warn!(container = %id, oom_kills = n, "OOM kill");
+                let event = OOMEvent {
+                    container_id: id.clone(),
+                    oom_kills: n,
+                    ..Default::default()
+                };
+                if tx.try_send(event).is_err() {
+                    tracing::warn!(container = %id, "OOM event dropped: nobody collects them");
+                }
+            }
+        });
+        *c.oom_watch.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+    }
+
+    /// Waits for the next OOM kill in any container (GetOOMEvent).
+    pub async fn next_oom(&self) -> Option<OOMEvent> {
+        self.oom_rx.lock().await.recv().await
     }
 
     /// Detaches the container's overlay, its scratch layer and the image share, then removes
     /// its directory. Mounts that were never made are skipped.
     fn unmount(&self, id: &str) {
-        let dir = self.dir.join(id);
+        let dir = self.paths.containers.join(id);
         for m in ["rootfs", "cow", "image"] {
             match nix::mount::umount2(&dir.join(m), nix::mount::MntFlags::MNT_DETACH) {
                 Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}
@@ -412,7 +476,7 @@ impl Containers {
         exec_id: &str,
         kind: StreamKind,
     ) -> Result<(), ContainerError> {
-        self.with_slot(id, exec_id, kind, |_| Ok(()))
+        self.process(id, exec_id)?.1.attach(kind, None)
     }
 
     /// Attaches a stdio stream before the process starts.
@@ -423,231 +487,230 @@ impl Containers {
         kind: StreamKind,
         stream: VsockStream,
     ) -> Result<(), ContainerError> {
-        self.with_slot(id, exec_id, kind, move |slot| {
-            *slot = Some(stream);
-            Ok(())
-        })
+        self.process(id, exec_id)?.1.attach(kind, Some(stream))
     }
 
-    fn with_slot(
-        &self,
-        id: &str,
-        exec_id: &str,
-        kind: StreamKind,
-        f: impl FnOnce(&mut Option<VsockStream>) -> Result<(), ContainerError>,
-    ) -> Result<(), ContainerError> {
+    /// Records a process to run in a running container; it starts with [`Self::start`].
+    pub fn exec(&self, id: &str, exec_id: &str, process_json: &str) -> Result<(), ContainerError> {
         let c = self.get(id)?;
-        Self::init_only(exec_id)?;
-        let mut st = c.state();
-        if st.started {
+        check_id("exec id", exec_id)?;
+        let plan = spec::parse_process(process_json)?;
+        if c.init.running_pid().is_none() {
             return Err(ContainerError::State {
                 id: id.into(),
-                what: "already started: attach stdio before StartContainer".into(),
+                what: "is not running: exec needs a started container whose init still runs".into(),
             });
         }
-        let slot = match kind {
-            StreamKind::Stdin => &mut st.streams.stdin,
-            StreamKind::Stdout => &mut st.streams.stdout,
-            StreamKind::Stderr => &mut st.streams.stderr,
-        };
-        if slot.is_some() {
+        resolve_program(&c.rootfs, &plan)?;
+        let mut execs = c.execs();
+        if execs.contains_key(exec_id) {
             return Err(ContainerError::State {
                 id: id.into(),
-                what: format!("{kind:?} is already attached"),
+                what: format!("exec {exec_id:?} already exists"),
             });
         }
-        f(slot)
-    }
-
-    /// Starts the container's init process in its jail.
-    pub fn start(&self, id: &str) -> Result<u32, ContainerError> {
-        let c = self.get(id)?;
-        let mut st = c.state();
-        if st.started {
+        if execs.len() >= MAX_EXECS {
             return Err(ContainerError::State {
                 id: id.into(),
-                what: "already started".into(),
+                what: format!(
+                    "has {MAX_EXECS} exec'd processes, the most it may hold; wait for some"
+                ),
             });
         }
-        let program = resolve_program(&c.rootfs, &c.plan)?;
-        let jail = jail::JailPlan::new(&c.rootfs, &c.plan).map_err(io_err("preparing the jail"))?;
-        let streams = std::mem::take(&mut st.streams);
-
-        let mut cmd = Command::new(&program);
-        cmd.arg0(&c.plan.args[0])
-            .args(&c.plan.args[1..])
-            .env_clear();
-        for kv in &c.plan.env {
-            if let Some((k, v)) = kv.split_once('=') {
-                cmd.env(k, v);
-            }
-        }
-        let mut parent_ends = Vec::new();
-        for (kind, stream) in [
-            (StreamKind::Stdout, streams.stdout),
-            (StreamKind::Stderr, streams.stderr),
-        ] {
-            let child_end = match stream {
-                Some(s) => {
-                    let (r, w) = pipe()?;
-                    parent_ends.push((r, s));
-                    Stdio::from(w)
-                }
-                None => Stdio::null(),
-            };
-            match kind {
-                StreamKind::Stdout => cmd.stdout(child_end),
-                _ => cmd.stderr(child_end),
-            };
-        }
-        let stdin_pipe = match streams.stdin {
-            Some(s) => {
-                let (r, w) = pipe()?;
-                cmd.stdin(Stdio::from(r));
-                Some((w, s))
-            }
-            None => {
-                cmd.stdin(Stdio::null());
-                None
-            }
-        };
-        // SAFETY: `jail::enter` runs between fork and exec and allocates nothing; every string
-        // it uses was prepared in `JailPlan::new`.
-        unsafe {
-            cmd.pre_exec(move || jail::enter(&mut jail::LibcJail, &jail));
-        }
-        // A new PID namespace applies to the children of the thread that unshares it: use a
-        // thread of its own, so the agent itself never changes namespace.
-        let spawned = std::thread::spawn(move || {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)
-                .map_err(std::io::Error::from)?;
-            cmd.spawn()
-        })
-        .join()
-        .map_err(|_| ContainerError::Invalid("the spawning thread panicked".into()))?;
-        let mut child = spawned.map_err(io_err(format!(
-            "starting {} in container {id}",
-            program.display()
-        )))?;
-        // The child's pipe ends went with `cmd` when the thread returned: EOF comes at its exit.
-        let pid = child.id();
-        st.started = true;
-        st.pid = Some(pid);
-        drop(st);
-
-        let mut copies = Vec::new();
-        for (r, s) in parent_ends {
-            copies.push(tokio::spawn(copy_out(r, s)));
-        }
-        if let Some((w, s)) = stdin_pipe {
-            match tokio::net::unix::pipe::Sender::from_owned_fd(w) {
-                Ok(tx) => {
-                    tokio::spawn(copy_in(s, tx, c.close_stdin.clone()));
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot feed stdin"),
-            }
-        }
-        let container = c.clone();
-        tokio::spawn(async move {
-            let status = tokio::task::spawn_blocking(move || child.wait()).await;
-            // Output first: the exit status is published only once every byte is out.
-            for t in copies {
-                let _ = t.await;
-            }
-            let code = match status {
-                Ok(Ok(s)) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)),
-                _ => 255,
-            };
-            container.state().exited = true;
-            tracing::info!(container = %container.id, code, "process exited");
-            container.exit.send_replace(Some(code));
-        });
-        tracing::info!(container = id, pid, "container started");
-        Ok(pid)
-    }
-
-    /// Waits for the process's exit and the end of its output.
-    pub async fn wait(&self, id: &str, exec_id: &str) -> Result<i32, ContainerError> {
-        let c = self.get(id)?;
-        Self::init_only(exec_id)?;
-        if !c.state().started {
-            return Err(ContainerError::State {
-                id: id.into(),
-                what: "not started".into(),
-            });
-        }
-        let mut rx = c.exit.subscribe();
-        let code = rx
-            .wait_for(Option::is_some)
-            .await
-            .map_err(|_| ContainerError::State {
-                id: id.into(),
-                what: "removed while waiting".into(),
-            })?;
-        Ok(code.unwrap_or(255))
-    }
-
-    /// Sends a signal to the process.
-    pub fn signal(&self, id: &str, exec_id: &str, signal: u32) -> Result<(), ContainerError> {
-        let c = self.get(id)?;
-        Self::init_only(exec_id)?;
-        let sig = i32::try_from(signal)
-            .ok()
-            .and_then(|s| nix::sys::signal::Signal::try_from(s).ok())
-            .ok_or_else(|| {
-                ContainerError::Invalid(format!("signal {signal} is not a valid signal number"))
-            })?;
-        let st = c.state();
-        match (st.pid, st.exited) {
-            (Some(pid), false) => {
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig)
-                    .map_err(|e| io_err(format!("sending {sig} to {id}"))(e.into()))
-            }
-            (None, _) => Err(ContainerError::State {
-                id: id.into(),
-                what: "not started".into(),
-            }),
-            (Some(_), true) => Err(ContainerError::State {
-                id: id.into(),
-                what: "already exited".into(),
-            }),
-        }
-    }
-
-    /// Ends the process's stdin.
-    pub fn close_stdin(&self, id: &str, exec_id: &str) -> Result<(), ContainerError> {
-        let c = self.get(id)?;
-        Self::init_only(exec_id)?;
-        c.close_stdin.notify_one();
+        execs.insert(
+            exec_id.to_owned(),
+            Arc::new(Process::new(id, exec_id, plan)?),
+        );
         Ok(())
     }
 
-    /// Kills what still runs, unmounts the rootfs and forgets the container.
+    fn cgroup_procs(c: &Container) -> Result<Option<std::os::fd::OwnedFd>, ContainerError> {
+        c.cgroup
+            .as_ref()
+            .map(|cg| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(cg.procs_file())
+                    .map(Into::into)
+                    .map_err(io_err("opening the container's cgroup"))
+            })
+            .transpose()
+    }
+
+    /// Starts the container's init (empty `exec_id`) in its jail, or an exec'd process in the
+    /// init's namespaces and root.
+    pub fn start(&self, id: &str, exec_id: &str) -> Result<u32, ContainerError> {
+        let (c, p) = self.process(id, exec_id)?;
+        if c.paused.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ContainerError::State {
+                id: id.into(),
+                what: "is paused: resume it first".into(),
+            });
+        }
+        let program = resolve_program(&c.rootfs, p.plan())?;
+        let cgroup_procs = Self::cgroup_procs(&c)?;
+        let (jail, pidns) = if exec_id.is_empty() {
+            let jail = JailPlan::new(&c.rootfs, &c.plan, cgroup_procs)
+                .map_err(io_err("preparing the jail"))?;
+            (jail, PidNamespace::New)
+        } else {
+            let init = c.init.running_pid().ok_or_else(|| ContainerError::State {
+                id: id.into(),
+                what: "is not running any more".into(),
+            })?;
+            let jail = JailPlan::join(&self.paths.proc, init, p.plan(), cgroup_procs)
+                .map_err(io_err("entering the container"))?;
+            let pidns = std::fs::File::open(self.paths.proc.join(format!("{init}/ns/pid")))
+                .map_err(io_err("entering the container's pid namespace"))?;
+            (jail, PidNamespace::Join(pidns.into()))
+        };
+        let pid = p.launch(&program, jail, pidns)?;
+        tracing::info!(container = id, exec = exec_id, pid, "process started");
+        Ok(pid)
+    }
+
+    /// Waits for a process's exit and the end of its output. An exec'd process is forgotten
+    /// once its status has been delivered.
+    pub async fn wait(&self, id: &str, exec_id: &str) -> Result<i32, ContainerError> {
+        let (c, p) = self.process(id, exec_id)?;
+        let code = p.wait().await?;
+        if !exec_id.is_empty() {
+            c.execs().remove(exec_id);
+        }
+        Ok(code)
+    }
+
+    /// Sends a signal to a process.
+    pub fn signal(&self, id: &str, exec_id: &str, signal: u32) -> Result<(), ContainerError> {
+        self.process(id, exec_id)?.1.signal(signal)
+    }
+
+    /// Ends a process's stdin at once.
+    pub fn close_stdin(&self, id: &str, exec_id: &str) -> Result<(), ContainerError> {
+        self.process(id, exec_id)?.1.close_stdin();
+        Ok(())
+    }
+
+    /// Sets a process's terminal size.
+    pub fn resize(
+        &self,
+        id: &str,
+        exec_id: &str,
+        rows: u32,
+        columns: u32,
+    ) -> Result<(), ContainerError> {
+        self.process(id, exec_id)?.1.resize(rows, columns)
+    }
+
+    /// The processes in the container's cgroup.
+    pub fn list_processes(&self, id: &str) -> Result<Vec<ProcessInfo>, ContainerError> {
+        let c = self.get(id)?;
+        let pids = c.cgroup()?.pids().map_err(cgroup_err(id))?;
+        Ok(pids
+            .into_iter()
+            .filter_map(|pid| ps::process_info(&self.paths.proc, pid))
+            .collect())
+    }
+
+    /// The container's cgroup statistics.
+    pub fn stats(&self, id: &str) -> Result<ContainerStats, ContainerError> {
+        let c = self.get(id)?;
+        let s = c.cgroup()?.stats().map_err(cgroup_err(id))?;
+        Ok(ContainerStats {
+            memory_usage_bytes: s.memory_current,
+            memory_limit_bytes: s.memory_max.unwrap_or(0),
+            memory_anon_bytes: s.memory_anon,
+            memory_file_bytes: s.memory_file,
+            oom_kills: s.oom_kills,
+            cpu_usage_usec: s.cpu_usage_usec,
+            cpu_user_usec: s.cpu_user_usec,
+            cpu_system_usec: s.cpu_system_usec,
+            cpu_throttled_periods: s.cpu_nr_throttled,
+            cpu_throttled_usec: s.cpu_throttled_usec,
+            pids_current: s.pids_current,
+            pids_limit: s.pids_max.unwrap_or(0),
+            ..Default::default()
+        })
+    }
+
+    /// Freezes (`true`) or thaws every process of the container.
+    pub async fn set_paused(&self, id: &str, paused: bool) -> Result<(), ContainerError> {
+        let c = self.get(id)?;
+        if !c.init.is_started() {
+            return Err(ContainerError::State {
+                id: id.into(),
+                what: "not started".into(),
+            });
+        }
+        let cg = c.cgroup()?;
+        if paused {
+            c.paused.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        let frozen = cg.set_frozen(paused, FREEZE_WAIT).await;
+        if !paused || frozen.is_err() {
+            c.paused.store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+        frozen.map_err(cgroup_err(id))?;
+        tracing::info!(container = id, paused, "container (un)frozen");
+        Ok(())
+    }
+
+    /// Applies new resource limits (an OCI `linux.resources` object as JSON).
+    pub fn update(&self, id: &str, resources_json: &str) -> Result<(), ContainerError> {
+        let c = self.get(id)?;
+        let r = spec::parse_resources(resources_json)?;
+        c.cgroup()?.apply(&r).map_err(cgroup_err(id))
+    }
+
+    /// Kills what still runs, unmounts the rootfs, removes the cgroup and forgets the
+    /// container.
     pub async fn remove(&self, id: &str) -> Result<(), ContainerError> {
         let c = self.get(id)?;
-        let running = {
-            let st = c.state();
-            st.pid.filter(|_| !st.exited)
-        };
-        if let Some(pid) = running {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            let mut rx = c.exit.subscribe();
-            if tokio::time::timeout(KILL_WAIT, rx.wait_for(Option::is_some))
-                .await
-                .is_err()
-            {
-                return Err(ContainerError::State {
-                    id: id.into(),
-                    what: format!("did not die within {KILL_WAIT:?} of SIGKILL"),
-                });
+        let execs: Vec<Arc<Process>> = c.execs().values().cloned().collect();
+        let procs: Vec<&Arc<Process>> = std::iter::once(&c.init).chain(execs.iter()).collect();
+        if let Some(cg) = &c.cgroup {
+            // Thawed first: a frozen process cannot die.
+            let _ = cg.set_frozen(false, FREEZE_WAIT).await;
+            if let Err(e) = cg.kill_all() {
+                tracing::warn!(container = id, error = %e, "killing the cgroup");
+            }
+        }
+        for p in &procs {
+            if p.running_pid().is_some() {
+                let _ = p.signal(libc::SIGKILL as u32);
+                if !p.exited_within(KILL_WAIT).await {
+                    return Err(ContainerError::State {
+                        id: id.into(),
+                        what: format!("did not die within {KILL_WAIT:?} of SIGKILL"),
+                    });
+                }
+            }
+        }
+        if let Some(task) = c.oom_watch.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            task.abort();
+        }
+        if let Some(cg) = c.cgroup.clone() {
+            // It may wait a moment for the killed processes to leave it: off the runtime.
+            match tokio::task::spawn_blocking(move || cg.remove()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(container = id, error = %e, "removing the cgroup"),
+                Err(e) => tracing::warn!(container = id, error = %e, "removing the cgroup"),
             }
         }
         self.unmount(id);
         self.all().remove(id);
         tracing::info!(container = id, "container removed");
         Ok(())
+    }
+
+    /// Removes every container (DestroySandbox); the first error, after trying them all.
+    pub async fn remove_all(&self) -> Result<(), ContainerError> {
+        let mut first = None;
+        for id in self.ids() {
+            if let Err(e) = self.remove(&id).await {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
     }
 }

@@ -6,7 +6,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxResources, Process, Spec};
 
 /// Largest spec accepted.
 pub const MAX_SPEC: usize = 1 << 20;
@@ -22,7 +22,7 @@ pub struct MountPlan {
     pub bind: bool,
 }
 
-/// The container's init process and environment, validated.
+/// One process to run: from the spec's `process`, or an ExecProcess request's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessPlan {
     pub args: Vec<String>,
@@ -31,8 +31,18 @@ pub struct ProcessPlan {
     pub uid: u32,
     pub gid: u32,
     pub additional_gids: Vec<u32>,
+    /// Runs on a terminal (one pty carries its stdin, stdout and stderr).
+    pub terminal: bool,
+}
+
+/// The container: its init process and what the jail sets up around it, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerPlan {
+    pub process: ProcessPlan,
     pub hostname: Option<String>,
     pub mounts: Vec<MountPlan>,
+    /// `linux.resources`, applied to the container's cgroup.
+    pub resources: Option<LinuxResources>,
 }
 
 /// Why a spec was refused.
@@ -117,7 +127,7 @@ const FS_TYPES: &[&str] = &[
 ];
 
 /// Parses and validates a spec given as JSON.
-pub fn parse(json: &str) -> Result<ProcessPlan, SpecError> {
+pub fn parse(json: &str) -> Result<ContainerPlan, SpecError> {
     if json.len() > MAX_SPEC {
         return Err(SpecError::TooLarge(json.len()));
     }
@@ -125,9 +135,26 @@ pub fn parse(json: &str) -> Result<ProcessPlan, SpecError> {
     plan(&spec)
 }
 
-/// Validates a parsed spec.
-pub fn plan(spec: &Spec) -> Result<ProcessPlan, SpecError> {
-    let process = spec.process().as_ref().ok_or(SpecError::NoProcess)?;
+/// Parses and validates an OCI `process` object given as JSON (ExecProcess).
+pub fn parse_process(json: &str) -> Result<ProcessPlan, SpecError> {
+    if json.len() > MAX_SPEC {
+        return Err(SpecError::TooLarge(json.len()));
+    }
+    let process: Process =
+        serde_json::from_str(json).map_err(|e| SpecError::Malformed(e.to_string()))?;
+    process_plan(&process)
+}
+
+/// Parses and validates an OCI `linux.resources` object given as JSON (UpdateContainer).
+pub fn parse_resources(json: &str) -> Result<LinuxResources, SpecError> {
+    if json.len() > MAX_SPEC {
+        return Err(SpecError::TooLarge(json.len()));
+    }
+    serde_json::from_str(json).map_err(|e| SpecError::Malformed(e.to_string()))
+}
+
+/// Validates a process.
+pub fn process_plan(process: &Process) -> Result<ProcessPlan, SpecError> {
     let args = process.args().clone().unwrap_or_default();
     if args.is_empty() || args[0].is_empty() {
         return Err(SpecError::NoArgs);
@@ -140,6 +167,21 @@ pub fn plan(spec: &Spec) -> Result<ProcessPlan, SpecError> {
         no_nul("process.env", e)?;
     }
     let cwd = clean_absolute("process.cwd", process.cwd())?;
+    let user = process.user();
+    Ok(ProcessPlan {
+        args,
+        env,
+        cwd,
+        uid: user.uid(),
+        gid: user.gid(),
+        additional_gids: user.additional_gids().clone().unwrap_or_default(),
+        terminal: process.terminal().unwrap_or(false),
+    })
+}
+
+/// Validates a parsed spec.
+pub fn plan(spec: &Spec) -> Result<ContainerPlan, SpecError> {
+    let process = process_plan(spec.process().as_ref().ok_or(SpecError::NoProcess)?)?;
     let hostname = spec.hostname().clone().filter(|h| !h.is_empty());
     if let Some(h) = &hostname {
         if !husk_protocols::cmdline::valid_hostname(h) {
@@ -179,16 +221,12 @@ pub fn plan(spec: &Spec) -> Result<ProcessPlan, SpecError> {
             bind,
         });
     }
-    let user = process.user();
-    Ok(ProcessPlan {
-        args,
-        env,
-        cwd,
-        uid: user.uid(),
-        gid: user.gid(),
-        additional_gids: user.additional_gids().clone().unwrap_or_default(),
+    let resources = spec.linux().as_ref().and_then(|l| l.resources().clone());
+    Ok(ContainerPlan {
+        process,
         hostname,
         mounts,
+        resources,
     })
 }
 
@@ -206,8 +244,9 @@ mod tests {
     #[test]
     fn the_default_spec_is_accepted() {
         let p = parse(&spec_json(|_| {})).unwrap();
-        assert_eq!(p.args, ["/bin/echo", "hi"]);
-        assert_eq!(p.cwd, Path::new("/"));
+        assert_eq!(p.process.args, ["/bin/echo", "hi"]);
+        assert_eq!(p.process.cwd, Path::new("/"));
+        assert!(!p.process.terminal);
         assert!(p
             .mounts
             .iter()
@@ -247,6 +286,27 @@ mod tests {
         assert!(matches!(
             parse(&" ".repeat(MAX_SPEC + 1)),
             Err(SpecError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn exec_processes_and_resources_are_validated() {
+        let p = parse_process(
+            r#"{"args":["sh"],"cwd":"/tmp","terminal":true,"user":{"uid":5,"gid":6}}"#,
+        )
+        .unwrap();
+        assert_eq!((p.args.len(), p.uid, p.gid, p.terminal), (1, 5, 6, true));
+        let e = parse_process(r#"{"args":["sh"],"cwd":"tmp","user":{"uid":0,"gid":0}}"#).unwrap_err();
+        assert!(matches!(e, SpecError::BadPath { .. }), "{e}");
+        assert_eq!(
+            parse_process(r#"{"args":[],"cwd":"/","user":{"uid":0,"gid":0}}"#),
+            Err(SpecError::NoArgs)
+        );
+        let r = parse_resources(r#"{"memory":{"limit":1048576},"pids":{"limit":10}}"#).unwrap();
+        assert_eq!(r.pids().as_ref().map(|p| p.limit()), Some(10));
+        assert!(matches!(
+            parse_resources("[1]"),
+            Err(SpecError::Malformed(_))
         ));
     }
 
