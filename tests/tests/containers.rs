@@ -87,6 +87,13 @@ fn containers_run_in_a_jail_with_lossless_stdio_and_exit_codes() {
         assert!(out.starts_with("1 box "), "{out}");
         assert!(out.contains("bin") && !out.contains("init"), "the guest's own root leaked in: {out}");
 
+        // The root was pivoted, not chrooted: the guest's own mounts (the image share among
+        // them) are gone from the container's mount table.
+        let r = run(&client, &vsock, "c2b", &spec_json(&["cat", "/proc/self/mountinfo"], |_| {}), None).await;
+        let table = String::from_utf8_lossy(&r.stdout).into_owned();
+        assert!(table.lines().next().is_some_and(|l| l.contains(" / / ")), "{table}");
+        assert!(!table.contains("virtiofs") && !table.contains("/run/husk"), "the guest's mounts are visible: {table}");
+
         // stdin piped through cat.
         let r = run(&client, &vsock, "c3", &spec_json(&["cat"], |_| {}), Some(b"through the container\n")).await;
         assert_eq!((r.code, r.stdout.as_slice()), (0, &b"through the container\n"[..]));

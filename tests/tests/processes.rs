@@ -140,7 +140,8 @@ fn exec_joins_the_container_and_terminals_work() {
         assert_eq!(e.rpc_code(), Some(ttrpc::Code::FAILED_PRECONDITION), "{e}");
 
         // Bad execs are clear errors.
-        let bad = serde_json::json!({"args": ["sh"], "cwd": "relative", "user": {"uid": 0, "gid": 0}});
+        let bad =
+            serde_json::json!({"args": ["sh"], "cwd": "relative", "user": {"uid": 0, "gid": 0}});
         let e = client
             .exec_process("c1", "e2", &bad.to_string())
             .await
@@ -218,7 +219,8 @@ fn cgroups_give_processes_stats_limits_pause_and_oom_events() {
             &client,
             &vsock,
             "c1",
-            "sleep 1000 & echo ready; wait",
+            // "ready" once the child has exec'd sleep (not while it is still a forked shell).
+            "sleep 1000 & while [ \"$(cat /proc/$!/comm)\" != sleep ]; do :; done; echo ready; wait",
             |v| {
                 v["linux"]["resources"] =
                     serde_json::json!({"pids": {"limit": 50}, "memory": {"limit": 64 << 20}});

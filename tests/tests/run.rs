@@ -270,15 +270,32 @@ fn oci_layouts_and_docker_archives_run_with_their_image_config() {
     // The same layout as a tar; a given command replaces the image's cmd; -e overrides.
     let tarball = h.scratch().join("layout.tar");
     tar_dir(&layout, &tarball);
-    let out = h
+    // With --rm, the layers unpacked for the run are gone afterwards.
+    let child = h
         .husk()
-        .args(["run", "-e", "GREETING=there"])
+        .args(["run", "--rm", "-e", "GREETING=there"])
         .arg(&tarball)
         .args(["--", "sh", "-c", "echo $GREETING"])
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    let husk_pid = child.id();
+    let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "there\n");
+    let sandboxes = husk_hypervisor::artifacts::home().join("sandboxes");
+    let left: Vec<_> = std::fs::read_dir(&sandboxes)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        !left
+            .iter()
+            .any(|n| husk_hypervisor::config::creator_pid(&n.to_string_lossy()) == Some(husk_pid)),
+        "--rm left its unpacked image in {}: {left:?}",
+        sandboxes.display()
+    );
+    nothing_left(&h);
 
     // A docker archive (`docker save` layout) with an uncompressed layer.
     let docker = h.scratch().join("docker");

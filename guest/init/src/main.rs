@@ -1,6 +1,6 @@
 //! husk-init: PID 1 of every husk guest.
 //!
-//! Mounts the base filesystems, sets the hostname, seeds entropy, starts and restarts the
+//! Moves the root off the initramfs, mounts the base filesystems, sets the hostname, seeds entropy, starts and restarts the
 //! services the image manifest lists, reaps orphans, tells the host it is ready over vsock, and
 //! on a shutdown request (or a fatal error) stops everything, syncs and leaves the VM with
 //! `reboot(2)` (the VM has no ACPI power-off). Logs go to the serial console.
@@ -14,6 +14,7 @@ mod identity;
 mod mounts;
 mod spawn;
 mod supervisor;
+mod switch_root;
 mod syscalls;
 
 use std::convert::Infallible;
@@ -50,6 +51,8 @@ fn main() {
         );
         std::process::exit(2);
     }
+    // First, while nothing is mounted on the initramfs yet: leave it for a tmpfs root.
+    let switched = switch_root::leave_initramfs();
     let mounted = mounts::mount_base(&mut syscalls::RealSyscalls);
     let cmdline_text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     init_logging(&cmdline_text);
@@ -58,7 +61,15 @@ fn main() {
         "husk-init {} starting",
         env!("CARGO_PKG_VERSION")
     );
-    let err = match mounted.context("mounting base filesystems") {
+    match &switched {
+        Ok(true) => tracing::info!("root moved from the initramfs to a tmpfs"),
+        Ok(false) => tracing::info!("root is not an initramfs: kept"),
+        Err(_) => {}
+    }
+    let mounted = switched
+        .context("moving the root from the initramfs to a tmpfs")
+        .and_then(|_| mounted.context("mounting base filesystems"));
+    let err = match mounted {
         Ok(()) => match run(&cmdline_text) {
             Ok(never) => match never {},
             Err(e) => e,

@@ -406,30 +406,15 @@ impl JailSys for LibcJail {
 
     fn pivot_root_here(&mut self) -> io::Result<()> {
         let dot = c".";
+        // No chroot fallback: a chroot can be left. The guest's root is a tmpfs (husk-init
+        // leaves the initramfs), on which pivot_root works.
         // SAFETY: pivot_root(2) with two NUL-terminated paths.
         let rc = unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) };
-        if rc == 0 {
-            // SAFETY: umount2(2) with a NUL-terminated path.
-            return check(unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) });
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
         }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINVAL) {
-            return Err(err);
-        }
-        // The guest's root is the initramfs, which pivot_root cannot move: move the container
-        // root over `/` in this mount namespace and chroot into it (runc's "no pivot" path).
-        // SAFETY: mount(2) with NUL-terminated paths and null type/data.
-        check(unsafe {
-            libc::mount(
-                dot.as_ptr(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_MOVE,
-                std::ptr::null(),
-            )
-        })?;
-        // SAFETY: chroot(2) with a NUL-terminated path.
-        check(unsafe { libc::chroot(dot.as_ptr()) })
+        // SAFETY: umount2(2) with a NUL-terminated path.
+        check(unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) })
     }
 
     fn sethostname(&mut self, name: &CStr) -> io::Result<()> {
@@ -643,7 +628,8 @@ mod tests {
     #[test]
     fn an_exec_into_a_gone_process_is_an_error() {
         let proc = fake_proc(42);
-        let plan = spec::parse_process(r#"{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0}}"#).unwrap();
+        let plan =
+            spec::parse_process(r#"{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0}}"#).unwrap();
         let e = JailPlan::join(proc.path(), 43, &plan, None).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
     }

@@ -128,18 +128,27 @@ const FS_TYPES: &[&str] = &[
 
 /// Parses and validates a spec given as JSON.
 pub fn parse(json: &str) -> Result<ContainerPlan, SpecError> {
-    if json.len() > MAX_SPEC {
-        return Err(SpecError::TooLarge(json.len()));
-    }
+    object(json, "the OCI spec")?;
     let spec: Spec = serde_json::from_str(json).map_err(|e| SpecError::Malformed(e.to_string()))?;
     plan(&spec)
 }
 
-/// Parses and validates an OCI `process` object given as JSON (ExecProcess).
-pub fn parse_process(json: &str) -> Result<ProcessPlan, SpecError> {
+/// Refuses JSON that is not an object (serde would read `[]` as a struct of defaults).
+fn object(json: &str, what: &str) -> Result<(), SpecError> {
     if json.len() > MAX_SPEC {
         return Err(SpecError::TooLarge(json.len()));
     }
+    if !json.trim_start().starts_with('{') {
+        return Err(SpecError::Malformed(format!(
+            "{what} must be a JSON object"
+        )));
+    }
+    Ok(())
+}
+
+/// Parses and validates an OCI `process` object given as JSON (ExecProcess).
+pub fn parse_process(json: &str) -> Result<ProcessPlan, SpecError> {
+    object(json, "the process")?;
     let process: Process =
         serde_json::from_str(json).map_err(|e| SpecError::Malformed(e.to_string()))?;
     process_plan(&process)
@@ -147,9 +156,7 @@ pub fn parse_process(json: &str) -> Result<ProcessPlan, SpecError> {
 
 /// Parses and validates an OCI `linux.resources` object given as JSON (UpdateContainer).
 pub fn parse_resources(json: &str) -> Result<LinuxResources, SpecError> {
-    if json.len() > MAX_SPEC {
-        return Err(SpecError::TooLarge(json.len()));
-    }
+    object(json, "linux.resources")?;
     serde_json::from_str(json).map_err(|e| SpecError::Malformed(e.to_string()))
 }
 
@@ -296,7 +303,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!((p.args.len(), p.uid, p.gid, p.terminal), (1, 5, 6, true));
-        let e = parse_process(r#"{"args":["sh"],"cwd":"tmp","user":{"uid":0,"gid":0}}"#).unwrap_err();
+        let e =
+            parse_process(r#"{"args":["sh"],"cwd":"tmp","user":{"uid":0,"gid":0}}"#).unwrap_err();
         assert!(matches!(e, SpecError::BadPath { .. }), "{e}");
         assert_eq!(
             parse_process(r#"{"args":[],"cwd":"/","user":{"uid":0,"gid":0}}"#),
