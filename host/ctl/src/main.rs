@@ -7,6 +7,7 @@
 mod bench;
 mod bench_run;
 mod check;
+mod env;
 mod exit;
 mod image;
 mod ps;
@@ -52,6 +53,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the effective configuration: every key, its value and where it came from.
+    Env(env::EnvArgs),
     /// Guest VMs.
     #[command(subcommand)]
     Vm(VmCommand),
@@ -148,6 +151,7 @@ fn main() -> ExitCode {
             }
         }),
         Command::Ps { json } => ps::run(json),
+        Command::Env(args) => env::run(&args),
         Command::Vm(VmCommand::Boot { boot, json }) => vm::boot(&boot, json),
         Command::Image(ImageCommand::Build(args)) => image::build(&args),
         Command::Image(ImageCommand::Busybox(args)) => image::busybox(&args),

@@ -6,8 +6,10 @@
 
 use std::path::PathBuf;
 
-/// Overrides the artifact root (default `/var/lib/husk`).
+/// Overrides the artifact root (default [`DEFAULT_HOME`]).
 pub const HOME_ENV: &str = "HUSK_HOME";
+/// The artifact root when [`HOME_ENV`] is not set.
+pub const DEFAULT_HOME: &str = "/var/lib/husk";
 /// Overrides the VM socket root (default [`crate::config::DEFAULT_RUN_ROOT`]).
 pub const RUN_ROOT_ENV: &str = "HUSK_RUN_ROOT";
 /// Overrides the VM log root (default [`crate::config::DEFAULT_LOG_ROOT`]).
@@ -22,7 +24,7 @@ fn env_or(var: &str, default: &str) -> PathBuf {
 
 /// The artifact root.
 pub fn home() -> PathBuf {
-    env_or(HOME_ENV, "/var/lib/husk")
+    env_or(HOME_ENV, DEFAULT_HOME)
 }
 
 /// The guest kernel installed by `kernel/build.sh`.
