@@ -6,7 +6,11 @@
 
 use std::path::Path;
 
-const PROTOS: &[&str] = &["proto/agent.proto", "proto/health.proto"];
+const PROTOS: &[&str] = &[
+    "proto/agent.proto",
+    "proto/health.proto",
+    "proto/containerd_cgroups_v2.proto",
+];
 
 fn main() {
     let out = std::env::var("OUT_DIR").expect("OUT_DIR");

@@ -23,3 +23,6 @@ pub mod health {
 pub mod health_ttrpc {
     include!(concat!(env!("OUT_DIR"), "/health_ttrpc.rs"));
 }
+pub mod containerd_cgroups_v2 {
+    include!(concat!(env!("OUT_DIR"), "/containerd_cgroups_v2.rs"));
+}

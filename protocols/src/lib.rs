@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod cmdline;
+pub mod containerd;
 pub mod frame;
 mod generated;
 pub mod health;

@@ -26,6 +26,8 @@ struct Descriptor {
     size: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     platform: Option<Platform>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    annotations: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -303,6 +305,7 @@ fn put_blob(layout: &Path, media_type: &str, data: &[u8]) -> Result<Descriptor, 
         digest,
         size: data.len() as u64,
         platform: None,
+        annotations: Default::default(),
     })
 }
 
@@ -342,6 +345,8 @@ pub fn write_layout(rootfs: &Path, config: &RunConfig, out: &Path) -> Result<(),
         architecture: "amd64".into(),
         os: "linux".into(),
     });
+    // The tag, so `ctr image import --base-name NAME` names the image NAME:latest.
+    mdesc.annotations.insert(REF_NAME.into(), "latest".into());
     let index = Index {
         schema_version: 2,
         manifests: vec![mdesc],
@@ -351,6 +356,9 @@ pub fn write_layout(rootfs: &Path, config: &RunConfig, out: &Path) -> Result<(),
         .map_err(io_err("writing oci-layout"))?;
     Ok(())
 }
+
+/// The OCI annotation naming a manifest's tag in an index.
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
 /// Image metadata as JSON bytes (these types always serialise).
 fn json<T: Serialize>(v: &T) -> Vec<u8> {

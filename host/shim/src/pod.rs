@@ -1,0 +1,125 @@
+//! A pod's VM: booted from husk's configuration with the container's rootfs shared into it,
+//! held by a keeper thread for as long as the pod lives, and the connected guest agent.
+//!
+//! Owns the VM's life. Must never let the VM outlive the shim (its processes die with the
+//! keeper thread, PR_SET_PDEATHSIG) nor boot on a thread that may exit while it runs (tokio's
+//! blocking threads do, so the keeper is a plain thread of its own).
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::Context;
+use husk_agent_client::AgentClient;
+use husk_config::Config;
+use husk_hypervisor::config::Share;
+use husk_hypervisor::{HostPaths, VmConfig};
+
+/// virtio-fs tag of the share holding the container's rootfs.
+pub const ROOTFS_TAG: &str = "rootfs";
+/// How long the VM gets to shut down before it is killed.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running pod VM and its agent.
+pub struct Pod {
+    pub agent: AgentClient,
+    pub vsock: PathBuf,
+    pub id: String,
+    /// The pids of the VM's host processes (hypervisor, device back ends).
+    pub vm_pids: Vec<u32>,
+    stop: mpsc::Sender<()>,
+    stopped: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Pod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pod")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the keeper thread reports once the guest is up.
+struct Booted {
+    id: String,
+    vsock: PathBuf,
+    pids: Vec<u32>,
+}
+
+impl Pod {
+    /// Boots a VM sharing `rootfs` read-only as [`ROOTFS_TAG`], waits for its init, connects to
+    /// its agent and makes the sandbox `sandbox_id`.
+    pub async fn boot(config: &Config, rootfs: &Path, sandbox_id: &str) -> anyhow::Result<Self> {
+        let hv = husk_hypervisor::for_host(config.hypervisor.backend.into(), &HostPaths::system())
+            .context("choosing the hypervisor")?;
+        let mut cfg = VmConfig::new(&config.hypervisor.kernel, &config.hypervisor.image);
+        cfg.memory_mib = config.hypervisor.memory_mib;
+        cfg.vcpus = config.hypervisor.vcpus;
+        cfg.extra_cmdline = config.hypervisor.kernel_params.clone();
+        cfg.run_root = config.runtime.run_root.clone();
+        cfg.log_root = config.runtime.log_root.clone();
+        cfg.shares.push(Share {
+            tag: ROOTFS_TAG.into(),
+            host_dir: rootfs.to_owned(),
+            read_only: true,
+        });
+        let ready_timeout = config.agent.ready_timeout();
+        let (booted_tx, booted_rx) = tokio::sync::oneshot::channel::<anyhow::Result<Booted>>();
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let keeper = std::thread::Builder::new()
+            .name("vm-keeper".into())
+            .spawn(move || {
+                let mut vm = match hv.boot(&cfg).context("booting the pod VM") {
+                    Ok(vm) => vm,
+                    Err(e) => {
+                        let _ = booted_tx.send(Err(e));
+                        return;
+                    }
+                };
+                if let Err(e) = vm.wait_ready(ready_timeout) {
+                    let _ =
+                        booted_tx.send(Err(anyhow::Error::new(e).context("waiting for the guest")));
+                    return;
+                }
+                let booted = Booted {
+                    id: cfg.id.clone(),
+                    vsock: vm.vsock_path().to_owned(),
+                    pids: vm.pids(),
+                };
+                if booted_tx.send(Ok(booted)).is_err() {
+                    return;
+                }
+                // Held until the pod ends (or the shim dies, and the VM with it).
+                let _ = stop_rx.recv();
+                if let Err(e) = vm.shutdown(SHUTDOWN_TIMEOUT) {
+                    tracing::warn!(error = %e, "the pod VM did not shut down cleanly");
+                }
+            })
+            .context("starting the VM keeper thread")?;
+        let booted = booted_rx.await.context("the VM keeper thread ended")??;
+        let agent = AgentClient::connect(&booted.vsock, config.agent.dial_timeout())
+            .await
+            .context("connecting to the guest agent")?;
+        agent
+            .create_sandbox(sandbox_id, "", &[])
+            .await
+            .context("creating the sandbox in the guest")?;
+        tracing::info!(vm = %booted.id, sandbox = sandbox_id, "pod VM ready");
+        Ok(Self {
+            agent,
+            vsock: booted.vsock,
+            id: booted.id,
+            vm_pids: booted.pids,
+            stop: stop_tx,
+            stopped: Some(keeper),
+        })
+    }
+
+    /// Shuts the VM down and waits for it.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(());
+        if let Some(keeper) = self.stopped.take() {
+            let _ = tokio::task::spawn_blocking(move || keeper.join()).await;
+        }
+    }
+}
