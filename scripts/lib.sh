@@ -18,8 +18,10 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 # Debian packages for running VMs and building images (the kernel build installs its own).
 install_packages() {
     # libcap-ng-dev and libseccomp-dev: to build virtiofsd (cargo install, below); runc: the
-    # reference of `husk bench run`.
-    local want=(qemu-system-x86 busybox-static gcc libc6-dev libcap-ng-dev libseccomp-dev runc) missing=()
+    # reference of `husk bench run`; containerd (with ctr): what the shim serves, and its tests;
+    # bsdutils: `script`, which gives `ctr run -t` a terminal in the tests.
+    local want=(qemu-system-x86 busybox-static gcc libc6-dev libcap-ng-dev libseccomp-dev runc
+        containerd bsdutils) missing=()
     for p in "${want[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
     done
@@ -61,6 +63,12 @@ build_husk() {
     # guest target because --target is explicit (build scripts and proc macros stay dynamic).
     (cd "$HUSK_ROOT" && RUSTFLAGS="-C target-feature=+crt-static" \
         cargo build -j"$JOBS" --release -p husk-init -p husk-agent --target "$GUEST_TARGET")
+}
+
+# containerd finds a shim on its PATH by name: put husk's in /usr/local/bin.
+install_shim() {
+    step "installing containerd-shim-husk-v2 in /usr/local/bin (runtime io.containerd.husk.v2)"
+    install -m 0755 "$HUSK_ROOT/target/debug/containerd-shim-husk-v2" /usr/local/bin/
 }
 
 build_images() {

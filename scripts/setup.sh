@@ -5,6 +5,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 prepare_all
+install_shim
 step "husk check"
 "$HUSK" check
 step "husk image busybox (a container image from Debian's busybox-static; no registry needed)"
@@ -13,5 +14,6 @@ containers="${HUSK_HOME:-/var/lib/husk}/containers"
 step "husk run busybox (the OCI image layout, unpacked on the host): a container in its own VM"
 "$HUSK" run "$containers/busybox-oci" -- \
     sh -c 'echo "hello from a husk container: $(uname -sr), pid $$, hostname $(hostname)"'
+printf '\ncontainerd runs containers in husk VMs with: ctr run --runtime io.containerd.husk.v2 IMAGE ID CMD\n'
 printf '\nhusk is at %s (try: %s vm boot, %s run -i IMAGE -- sh, %s ps, %s bench boot)\n' \
     "$HUSK" "$HUSK" "$HUSK" "$HUSK" "$HUSK"

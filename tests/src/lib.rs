@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+pub mod containerd;
+
 use husk_hypervisor::{artifacts, BackendChoice, BootReport, HostPaths, Hypervisor, Vm, VmConfig};
 
 /// Generous for TCG on a loaded 2-core machine; a healthy boot takes ~2 s.

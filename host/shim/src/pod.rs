@@ -27,8 +27,8 @@ pub struct Pod {
     pub id: String,
     /// The pids of the VM's host processes (hypervisor, device back ends).
     pub vm_pids: Vec<u32>,
-    stop: mpsc::Sender<()>,
-    stopped: Option<std::thread::JoinHandle<()>>,
+    stop: std::sync::Mutex<Option<mpsc::Sender<()>>>,
+    keeper: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Pod {
@@ -110,15 +110,19 @@ impl Pod {
             vsock: booted.vsock,
             id: booted.id,
             vm_pids: booted.pids,
-            stop: stop_tx,
-            stopped: Some(keeper),
+            stop: std::sync::Mutex::new(Some(stop_tx)),
+            keeper: std::sync::Mutex::new(Some(keeper)),
         })
     }
 
-    /// Shuts the VM down and waits for it.
-    pub async fn shutdown(mut self) {
-        let _ = self.stop.send(());
-        if let Some(keeper) = self.stopped.take() {
+    /// Shuts the VM down and waits for it (its run directory removed); a second call waits
+    /// for nothing.
+    pub async fn shutdown(&self) {
+        if let Some(stop) = self.stop.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = stop.send(());
+        }
+        let keeper = self.keeper.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(keeper) = keeper {
             let _ = tokio::task::spawn_blocking(move || keeper.join()).await;
         }
     }

@@ -297,11 +297,9 @@ impl TaskService {
     }
 
     async fn stop_pod(&self) {
-        if let Some(pod) = self.pod.lock().await.take() {
-            if let Ok(pod) = Arc::try_unwrap(pod) {
-                pod.shutdown().await;
-            }
-            // Otherwise a watcher still holds it; the VM goes with the shim.
+        let pod = self.pod.lock().await.take();
+        if let Some(pod) = pod {
+            pod.shutdown().await;
         }
     }
 }
