@@ -16,6 +16,8 @@ use crate::{busybox_rootfs, husk_binary, Harness};
 
 /// How long containerd may take to start.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a test waits for a containerd event.
+const EVENT_TIMEOUT: Duration = Duration::from_secs(120);
 /// The runtime name of husk's shim.
 pub const RUNTIME: &str = "io.containerd.husk.v2";
 /// The busybox image every test imports.
@@ -27,7 +29,37 @@ pub struct Containerd {
     dir: PathBuf,
     socket: PathBuf,
     run_root: PathBuf,
+    log_root: PathBuf,
     child: Option<Child>,
+}
+
+/// A subscription to containerd's events.
+#[derive(Debug)]
+pub struct Events {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Events {
+    /// Waits for an event line that `matches` (up to [`EVENT_TIMEOUT`]); returns it.
+    pub fn wait_for(&mut self, matches: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if matches(&line) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no matching containerd event within {EVENT_TIMEOUT:?}"),
+            }
+        }
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Containerd {
@@ -46,6 +78,20 @@ impl Containerd {
             sock = socket.display(),
         );
         std::fs::write(dir.join("config.toml"), config).expect("containerd config");
+        let mut cd = Self {
+            dir,
+            socket,
+            run_root: h.run_root(),
+            log_root: h.log_root(),
+            child: None,
+        };
+        cd.spawn();
+        cd.import_busybox(h);
+        cd
+    }
+
+    /// Starts the daemon and waits for its "booted" line; its log goes to containerd.log.
+    fn spawn(&mut self) {
         // The shim is found on containerd's PATH, next to the husk binary.
         let bin_dir = husk_binary()
             .parent()
@@ -58,21 +104,24 @@ impl Containerd {
         );
         let mut child = Command::new("containerd")
             .arg("--config")
-            .arg(dir.join("config.toml"))
-            .current_dir(&dir)
+            .arg(self.dir.join("config.toml"))
+            .current_dir(&self.dir)
             .env("PATH", path)
-            .env(husk_hypervisor::artifacts::RUN_ROOT_ENV, h.run_root())
-            .env(husk_hypervisor::artifacts::LOG_ROOT_ENV, h.log_root())
+            .env(husk_hypervisor::artifacts::RUN_ROOT_ENV, &self.run_root)
+            .env(husk_hypervisor::artifacts::LOG_ROOT_ENV, &self.log_root)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting containerd (apt-get install containerd; scripts/test.sh does)");
-        // Wait for its "booted" line, then keep copying its log to a file.
         let stderr = child.stderr.take().expect("containerd's stderr");
         let (tx, rx) = mpsc::channel();
-        let log = dir.join("containerd.log");
+        let log = self.dir.join("containerd.log");
         std::thread::spawn(move || {
-            let mut file = std::fs::File::create(log).ok();
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .ok();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("containerd successfully booted") {
                     let _ = tx.send(());
@@ -82,16 +131,44 @@ impl Containerd {
                 }
             }
         });
-        let cd = Self {
-            dir,
-            socket,
-            run_root: h.run_root(),
-            child: Some(child),
-        };
+        self.child = Some(child);
         rx.recv_timeout(BOOT_TIMEOUT)
-            .unwrap_or_else(|_| panic!("containerd did not start: {}", cd.log_tail()));
-        cd.import_busybox(h);
-        cd
+            .unwrap_or_else(|_| panic!("containerd did not start: {}", self.log_tail()));
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops containerd (its shims keep running) and starts it again on the same state.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Subscribes to containerd's events (`ctr events`), from now on.
+    pub fn events(&self) -> Events {
+        let mut child = self
+            .ctr()
+            .arg("events")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ctr events");
+        let stdout = child.stdout.take().expect("ctr events' stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Events { child, lines: rx }
     }
 
     /// The last lines of containerd's log (shim logs go there too).
@@ -145,8 +222,21 @@ impl Containerd {
         );
     }
 
-    /// Asserts that no shim of this containerd, no VM and no mount is left.
-    pub fn assert_nothing_left(&self) {
+    /// Asserts that no shim of this containerd, no VM, no mount and no shim socket of the
+    /// containers `ids` is left.
+    pub fn assert_nothing_left(&self, ids: &[&str]) {
+        use sha2::Digest;
+        for id in ids {
+            let key = self.socket.join("default").join(id);
+            let hash = sha2::Sha256::digest(key.to_string_lossy().as_bytes());
+            let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+            let sock = Path::new("/run/containerd/s").join(hex);
+            assert!(
+                !sock.exists(),
+                "the shim socket of {id} is left: {}",
+                sock.display()
+            );
+        }
         let needle = self.socket.to_string_lossy().into_owned();
         for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
             let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
@@ -174,10 +264,6 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let _ = child.wait();
-        }
+        self.stop();
     }
 }

@@ -68,7 +68,7 @@ fn ctr_run_rm_prints_output_and_exit_codes() {
         text(&out.stderr)
     );
     let _ = cd.run(&["containers", "rm", "missing"]);
-    cd.assert_nothing_left();
+    cd.assert_nothing_left(&["hello", "codes", "missing"]);
 }
 
 #[test]
@@ -124,12 +124,12 @@ fn a_detached_task_takes_exec_ps_metrics_pause_resume_kill_and_delete() {
     ok(&["task", "resume", "d1"]);
     assert!(ok(&["task", "ls"]).contains("RUNNING"));
 
-    ok(&["task", "kill", "-s", "KILL", "d1"]);
-    // `task delete` waits for nothing: wait for the exit through ctr first.
-    let _ = cd.ctr().args(["task", "wait", "d1"]).output();
-    ok(&["task", "delete", "d1"]);
+    // A signal that the shell ignores as PID 1 (no handler) leaves it running; a forced
+    // delete kills it and waits for the exit.
+    ok(&["task", "kill", "-s", "TERM", "d1"]);
+    ok(&["task", "rm", "-f", "d1"]);
     ok(&["containers", "rm", "d1"]);
-    cd.assert_nothing_left();
+    cd.assert_nothing_left(&["d1"]);
 }
 
 #[test]
@@ -158,5 +158,110 @@ fn ctr_run_t_runs_on_a_terminal() {
         "{:?}",
         text(&out.stdout)
     );
-    cd.assert_nothing_left();
+    cd.assert_nothing_left(&["tty1"]);
+}
+
+/// The pid of this containerd's shim serving container `id`.
+fn shim_pid(cd: &Containerd, id: &str) -> u32 {
+    let sock = cd.socket().to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .find_map(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            (cmd.contains("containerd-shim-husk-v2")
+                && cmd.contains(&sock)
+                && cmd.contains(&format!("-id {id} ")))
+            .then(|| e.file_name().to_str()?.parse().ok())
+            .flatten()
+        })
+        .expect("the shim's process")
+}
+
+#[test]
+fn a_sigkilled_shim_is_cleaned_up_by_containerd() {
+    let h = Harness::new();
+    let cd = Containerd::start(&h);
+    let out = cd.run(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "k1",
+        "sleep",
+        "1000",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let pid = shim_pid(&cd, "k1");
+    let mut events = cd.events();
+    // SAFETY: kill(2) on the shim's pid.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    // containerd sees the shim go, runs `containerd-shim-husk-v2 delete`, and reports the exit;
+    // removing the task and the container must then work and leave nothing.
+    events.wait_for(|l| l.contains("/tasks/exit") && l.contains("\"k1\""));
+    // containerd removes a dead shim's task itself; a later `task rm` finds nothing to do.
+    let out = cd.run(&["task", "rm", "k1"]);
+    assert!(
+        out.status.success() || text(&out.stderr).contains("not found"),
+        "{}\n{}",
+        text(&out.stderr),
+        cd.log_tail()
+    );
+    let out = cd.run(&["containers", "rm", "k1"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        cd.log_tail()
+    );
+    cd.assert_nothing_left(&["k1"]);
+}
+
+#[test]
+fn output_and_exit_survive_a_containerd_restart() {
+    let h = Harness::new();
+    let mut cd = Containerd::start(&h);
+    let log = h.scratch().join("r1.log");
+    let uri = format!("file://{}", log.display());
+    let script = "echo before; while [ ! -e /tmp/go ]; do sleep 0.1; done; echo after; exit 7";
+    let out = cd.run(&[
+        "run",
+        "-d",
+        "--log-uri",
+        &uri,
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "r1",
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    cd.restart();
+    // The restarted containerd reconnects to the running shim: exec works, and the exit
+    // event of the container reaches it.
+    let mut events = cd.events();
+    let out = cd.run(&["task", "exec", "--exec-id", "go", "r1", "touch", "/tmp/go"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        cd.log_tail()
+    );
+    events.wait_for(|l| l.contains("/tasks/exit") && l.contains("\"r1\"") && !l.contains("\"go\""));
+    let out = cd.run(&["task", "rm", "r1"]);
+    assert!(
+        text(&out.stderr).contains("exit code 7"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&log).expect("the log file"),
+        "before\nafter\n"
+    );
+    let _ = cd.run(&["containers", "rm", "r1"]);
+    cd.assert_nothing_left(&["r1"]);
 }

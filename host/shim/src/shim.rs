@@ -1,9 +1,9 @@
 //! The shim process: containerd's `start` (spawn the serving shim, one per pod), `delete`
 //! (clean up after a shim that died) and the serving shim's life.
 //!
-//! Owns which pod a container belongs to (the CRI sandbox annotation, else its own id) and the
-//! clean-up containerd asks for. Must never leave a mount behind on `delete`; the VM needs no
-//! clean-up there, since its processes die with the shim that held them.
+//! Owns which pod a container belongs to (the CRI sandbox annotation, else its own id), the
+//! `address` file containerd finds the shim by, and the clean-up containerd asks for. Must never
+//! leave a mount, socket or VM directory behind on `delete`; the VM's processes need no clean-up there, they die with the shim that held them.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -27,7 +27,17 @@ const EVENT_QUEUE: usize = 128;
 pub struct HuskShim {
     namespace: String,
     bundle: String,
+    /// The serving shim's socket (`unix://PATH`), removed when it ends.
+    socket: String,
     exit: Arc<ExitSignal>,
+}
+
+/// The file under a `unix://` address.
+fn socket_path(address: &str) -> Option<&Path> {
+    address
+        .strip_prefix("unix://")
+        .filter(|p| p.starts_with('/'))
+        .map(Path::new)
 }
 
 /// The pod a container belongs to: its CRI sandbox, or itself.
@@ -56,6 +66,7 @@ impl Shim for HuskShim {
         Self {
             namespace: args.namespace.clone(),
             bundle: args.bundle.clone(),
+            socket: args.socket.clone(),
             exit: Arc::new(ExitSignal::default()),
         }
     }
@@ -63,7 +74,11 @@ impl Shim for HuskShim {
     async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
         let bundle = std::env::current_dir().unwrap_or_default();
         let group = grouping(&bundle, &opts.id);
-        spawn(opts, &group, Vec::new()).await
+        let address = spawn(opts, &group, Vec::new()).await?;
+        // containerd 1.6 finds a running shim again (after it restarts) through this file.
+        containerd_shim::asynchronous::util::write_str_to_file(bundle.join("address"), &address)
+            .await?;
+        Ok(address)
     }
 
     async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
@@ -75,6 +90,17 @@ impl Shim for HuskShim {
             self.bundle.clone().into()
         };
         crate::rootfs::unmount(&bundle.join("rootfs"));
+        if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
+            if let Some(path) = socket_path(address.trim()) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        // Its VM's processes died with it; their socket directories are swept here (a
+        // directory is removed only once the husk process that made it is gone).
+        match husk_config::Config::load(None) {
+            Ok(c) => husk_hypervisor::run_dir::sweep_stale(&c.runtime.run_root),
+            Err(e) => tracing::warn!(error = %e, "husk's configuration; VM directories not swept"),
+        }
         Ok(DeleteResponse {
             exit_status: 128 + libc::SIGKILL as u32,
             exited_at: MessageField::some(Timestamp::now()),
@@ -84,6 +110,9 @@ impl Shim for HuskShim {
 
     async fn wait(&mut self) {
         self.exit.wait().await;
+        if let Some(path) = socket_path(&self.socket) {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
