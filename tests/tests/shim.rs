@@ -265,3 +265,34 @@ fn output_and_exit_survive_a_containerd_restart() {
     let _ = cd.run(&["containers", "rm", "r1"]);
     cd.assert_nothing_left(&["r1"]);
 }
+
+#[test]
+fn ten_pods_started_at_once_all_run_and_clean_up() {
+    let h = Harness::new();
+    let cd = Containerd::start(&h);
+    let ids: Vec<String> = (0..10).map(|i| format!("p{i}")).collect();
+    let children: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            cd.ctr()
+                .args(["run", "--rm", "--runtime", RUNTIME, IMAGE, id, "sh", "-c"])
+                .arg(format!("echo pod {id}"))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("ctr run")
+        })
+        .collect();
+    for (id, child) in ids.iter().zip(children) {
+        let out = child.wait_with_output().expect("ctr run");
+        assert_eq!(
+            (out.status.code(), text(&out.stdout)),
+            (Some(0), format!("pod {id}\n")),
+            "{}\n{}",
+            text(&out.stderr),
+            cd.log_tail()
+        );
+    }
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    cd.assert_nothing_left(&ids);
+}

@@ -20,6 +20,9 @@ fn listen_address() -> String {
         .unwrap_or_else(|| format!("vsock://-1:{AGENT_PORT}"))
 }
 
+/// How long in-flight requests get to finish when the agent stops.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// `husk.agent.claim_major=N` on the kernel command line (compatibility tests only).
 fn claimed_major() -> Option<u32> {
     let cmdline = std::fs::read_to_string("/proc/cmdline").ok()?;
@@ -78,9 +81,11 @@ async fn serve(address: &str) -> anyhow::Result<()> {
         _ = term.recv() => tracing::info!("stopping"),
         r = stdio => anyhow::bail!("the stdio listener stopped: {r:?}"),
     }
-    server
-        .shutdown()
-        .await
-        .context("stopping the ttrpc server")?;
+    // In-flight long polls (GetOOMEvent) never finish by themselves: do not wait for them
+    // past a moment, or husk-init's grace period runs out and the VM's shutdown takes seconds.
+    match tokio::time::timeout(SHUTDOWN_GRACE, server.shutdown()).await {
+        Ok(r) => r.context("stopping the ttrpc server")?,
+        Err(_) => tracing::info!("requests still open at shutdown were dropped"),
+    }
     Ok(())
 }
