@@ -296,3 +296,56 @@ fn ten_pods_started_at_once_all_run_and_clean_up() {
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
     cd.assert_nothing_left(&ids);
 }
+
+#[test]
+fn a_vm_that_dies_ends_its_task_with_an_error_and_its_console_in_the_log() {
+    let h = Harness::new();
+    let cd = Containerd::start(&h);
+    let out = cd.run(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "v1",
+        "sleep",
+        "1000",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shim = shim_pid(&cd, "v1");
+    let children =
+        std::fs::read_to_string(format!("/proc/{shim}/task/{shim}/children")).unwrap_or_default();
+    // The VM's threads are children of the shim's keeper thread, not its main thread: look
+    // through all of the shim's threads.
+    let mut qemu = None;
+    for t in std::fs::read_dir(format!("/proc/{shim}/task"))
+        .expect("shim threads")
+        .flatten()
+    {
+        let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        for pid in kids.split_whitespace().chain(children.split_whitespace()) {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.starts_with("qemu") {
+                qemu = pid.parse::<i32>().ok();
+            }
+        }
+    }
+    let qemu = qemu.expect("the pod's QEMU");
+    let mut events = cd.events();
+    // SAFETY: kill(2) on the pod's QEMU.
+    assert_eq!(unsafe { libc::kill(qemu, libc::SIGKILL) }, 0);
+    let exit = events.wait_for(|l| l.contains("/tasks/exit") && l.contains("\"v1\""));
+    assert!(!exit.contains("\"exit_status\":0"), "{exit}");
+    let log = cd.log_tail();
+    assert!(log.contains("lost the process"), "{log}");
+    let out = cd.run(&["task", "rm", "v1"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        cd.log_tail()
+    );
+    let out = cd.run(&["containers", "rm", "v1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    cd.assert_nothing_left(&["v1"]);
+}

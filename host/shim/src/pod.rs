@@ -27,6 +27,8 @@ pub struct Pod {
     pub id: String,
     /// The pids of the VM's host processes (hypervisor, device back ends).
     pub vm_pids: Vec<u32>,
+    /// The VM's serial console log.
+    pub serial_log: PathBuf,
     stop: std::sync::Mutex<Option<mpsc::Sender<()>>>,
     keeper: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -42,6 +44,7 @@ impl std::fmt::Debug for Pod {
 /// What the keeper thread reports once the guest is up.
 struct Booted {
     id: String,
+    serial_log: PathBuf,
     vsock: PathBuf,
     pids: Vec<u32>,
 }
@@ -83,6 +86,7 @@ impl Pod {
                 }
                 let booted = Booted {
                     id: cfg.id.clone(),
+                    serial_log: cfg.log_dir().join("serial.log"),
                     vsock: vm.vsock_path().to_owned(),
                     pids: vm.pids(),
                 };
@@ -110,9 +114,27 @@ impl Pod {
             vsock: booted.vsock,
             id: booted.id,
             vm_pids: booted.pids,
+            serial_log: booted.serial_log,
             stop: std::sync::Mutex::new(Some(stop_tx)),
             keeper: std::sync::Mutex::new(Some(keeper)),
         })
+    }
+
+    /// The last `n` lines of the VM's serial console (for logs when the guest fails).
+    pub fn serial_tail(&self, n: usize) -> Vec<String> {
+        let text = std::fs::read_to_string(&self.serial_log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..]
+            .iter()
+            .map(|l| (*l).to_owned())
+            .collect()
+    }
+
+    /// Whether the VM's processes still run.
+    pub fn vm_running(&self) -> bool {
+        self.vm_pids
+            .iter()
+            .all(|p| Path::new(&format!("/proc/{p}")).exists())
     }
 
     /// Shuts the VM down and waits for it (its run directory removed); a second call waits

@@ -29,6 +29,9 @@ use crate::io::{self, Copies, Target};
 use crate::pod::{Pod, ROOTFS_TAG};
 use crate::rootfs;
 
+/// Serial console lines logged when a pod's guest fails.
+const SERIAL_TAIL: usize = 20;
+
 /// An event for containerd: its topic and message.
 pub type Event = (&'static str, Box<dyn MessageDyn>);
 
@@ -196,7 +199,14 @@ impl TaskService {
             let code = match pod.agent.wait(&id, &p.exec_id).await {
                 Ok(c) => u32::try_from(c).unwrap_or(255),
                 Err(e) => {
-                    tracing::warn!(task = %id, error = %e, "waiting for the process in the guest");
+                    // The guest is gone (or its agent): say so with what its console said last.
+                    tracing::error!(
+                        task = %id,
+                        error = %e,
+                        vm_running = pod.vm_running(),
+                        serial = %pod.serial_tail(SERIAL_TAIL).join("\n"),
+                        "lost the process: the pod's VM or its agent failed"
+                    );
                     255
                 }
             };
