@@ -12,7 +12,7 @@ pub const PROTOCOL: &str = "husk.agent.v1";
 /// Major version: a host refuses an agent with another major.
 pub const MAJOR: u32 = 1;
 /// Minor version: grows as optional fields and RPCs are added.
-pub const MINOR: u32 = 1;
+pub const MINOR: u32 = 2;
 
 /// Optional features an agent may advertise; the host uses one only when it is listed.
 pub mod capability {
@@ -33,6 +33,9 @@ pub mod capability {
     pub const CGROUPS: &str = "cgroups";
     /// `GetOOMEvent` (v1.1).
     pub const OOM_EVENTS: &str = "oom-events";
+    /// Several containers per sandbox: `rootfs_path` in CreateContainer, and a container whose
+    /// spec asks for a pid namespace by path joins its sandbox container's (v1.2).
+    pub const PODS: &str = "pods";
 }
 
 /// Longest container or exec id.

@@ -349,3 +349,84 @@ fn a_vm_that_dies_ends_its_task_with_an_error_and_its_console_in_the_log() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     cd.assert_nothing_left(&["v1"]);
 }
+
+#[test]
+fn two_containers_of_one_pod_share_its_vm_and_pid_namespace() {
+    let h = Harness::new();
+    let cd = Containerd::start(&h);
+    let ok = |args: &[&str]| {
+        let out = cd.run(args);
+        assert!(
+            out.status.success(),
+            "ctr {args:?}: {}\n{}",
+            text(&out.stderr),
+            cd.log_tail()
+        );
+        text(&out.stdout)
+    };
+    let pod = "io.kubernetes.cri.sandbox-id=pod1";
+    ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        pod,
+        IMAGE,
+        "pod1",
+        "sleep",
+        "1001",
+    ]);
+    // The CRI way to share the sandbox's pid namespace: a path (the host's, meaningless in the
+    // guest), which the agent maps to its sandbox container's namespace.
+    ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        pod,
+        "--with-ns",
+        "pid:/proc/1/ns/pid",
+        IMAGE,
+        "app1",
+        "sleep",
+        "1002",
+    ]);
+    let sock = cd.socket().to_string_lossy().into_owned();
+    let shims = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).into_owned();
+            cmd.contains("containerd-shim-husk-v2") && cmd.contains(&sock)
+        })
+        .count();
+    assert_eq!(shims, 1, "one shim (one VM) serves the pod");
+    // From the app container, the sandbox's process is visible (and is pid 1).
+    let ps = ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "ps",
+        "app1",
+        "ps",
+        "-o",
+        "pid,args",
+    ]);
+    assert!(
+        ps.contains("sleep 1001") && ps.contains("sleep 1002"),
+        "{ps}"
+    );
+    assert!(
+        ps.lines()
+            .any(|l| l.trim_start().starts_with("1 ") && l.contains("sleep 1001")),
+        "{ps}"
+    );
+    ok(&["task", "rm", "-f", "app1"]);
+    ok(&["containers", "rm", "app1"]);
+    ok(&["task", "rm", "-f", "pod1"]);
+    ok(&["containers", "rm", "pod1"]);
+    cd.assert_nothing_left(&["pod1", "app1"]);
+}

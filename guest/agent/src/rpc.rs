@@ -117,6 +117,7 @@ impl AgentService {
                 capability::TTY,
                 capability::CGROUPS,
                 capability::OOM_EVENTS,
+                capability::PODS,
             ]
             .map(str::to_owned)
             .to_vec(),
@@ -158,8 +159,14 @@ impl agent::Agent for AgentService {
     ) -> ttrpc::Result<Empty> {
         bounded("container_id", &req.container_id)?;
         bounded("rootfs_tag", &req.rootfs_tag)?;
+        bounded("rootfs_path", &req.rootfs_path)?;
         self.containers
-            .create(&req.container_id, &req.oci_spec_json, &req.rootfs_tag)
+            .create(
+                &req.container_id,
+                &req.oci_spec_json,
+                &req.rootfs_tag,
+                &req.rootfs_path,
+            )
             .map_err(container_error)?;
         Ok(Empty::default())
     }

@@ -246,10 +246,24 @@ impl AgentClient {
         spec_json: &str,
         rootfs_tag: &str,
     ) -> Result<(), AgentError> {
+        self.create_container_at(id, spec_json, rootfs_tag, "")
+            .await
+    }
+
+    /// Creates a container whose rootfs is the directory `rootfs_path` of the share
+    /// `rootfs_tag` (a pod's containers share one share).
+    pub async fn create_container_at(
+        &self,
+        id: &str,
+        spec_json: &str,
+        rootfs_tag: &str,
+        rootfs_path: &str,
+    ) -> Result<(), AgentError> {
         let req = CreateContainerRequest {
             container_id: id.to_owned(),
             oci_spec_json: spec_json.to_owned(),
             rootfs_tag: rootfs_tag.to_owned(),
+            rootfs_path: rootfs_path.to_owned(),
             ..Default::default()
         };
         self.agent

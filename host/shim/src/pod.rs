@@ -15,8 +15,8 @@ use husk_config::Config;
 use husk_hypervisor::config::Share;
 use husk_hypervisor::{HostPaths, VmConfig};
 
-/// virtio-fs tag of the share holding the container's rootfs.
-pub const ROOTFS_TAG: &str = "rootfs";
+/// virtio-fs tag of the pod's share, which holds every container's rootfs (`<id>/rootfs`).
+pub const POD_TAG: &str = "pod";
 /// How long the VM gets to shut down before it is killed.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -29,6 +29,8 @@ pub struct Pod {
     pub vm_pids: Vec<u32>,
     /// The VM's serial console log.
     pub serial_log: PathBuf,
+    /// The host directory shared into the VM as [`POD_TAG`].
+    pub shared: PathBuf,
     stop: std::sync::Mutex<Option<mpsc::Sender<()>>>,
     keeper: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -50,9 +52,21 @@ struct Booted {
 }
 
 impl Pod {
-    /// Boots a VM sharing `rootfs` read-only as [`ROOTFS_TAG`], waits for its init, connects to
-    /// its agent and makes the sandbox `sandbox_id`.
-    pub async fn boot(config: &Config, rootfs: &Path, sandbox_id: &str) -> anyhow::Result<Self> {
+    /// Boots a VM sharing `shared` (made a shared mount here) read-only as [`POD_TAG`], waits
+    /// for its init, connects to its agent and makes the sandbox `sandbox_id`.
+    pub async fn boot(config: &Config, shared: &Path, sandbox_id: &str) -> anyhow::Result<Self> {
+        crate::rootfs::make_shared_dir(shared)?;
+        match Self::boot_on(config, shared, sandbox_id).await {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                crate::rootfs::unmount(shared);
+                let _ = std::fs::remove_dir(shared);
+                Err(e)
+            }
+        }
+    }
+
+    async fn boot_on(config: &Config, shared: &Path, sandbox_id: &str) -> anyhow::Result<Self> {
         let hv = husk_hypervisor::for_host(config.hypervisor.backend.into(), &HostPaths::system())
             .context("choosing the hypervisor")?;
         let mut cfg = VmConfig::new(&config.hypervisor.kernel, &config.hypervisor.image);
@@ -62,8 +76,8 @@ impl Pod {
         cfg.run_root = config.runtime.run_root.clone();
         cfg.log_root = config.runtime.log_root.clone();
         cfg.shares.push(Share {
-            tag: ROOTFS_TAG.into(),
-            host_dir: rootfs.to_owned(),
+            tag: POD_TAG.into(),
+            host_dir: shared.to_owned(),
             read_only: true,
         });
         let ready_timeout = config.agent.ready_timeout();
@@ -115,6 +129,7 @@ impl Pod {
             id: booted.id,
             vm_pids: booted.pids,
             serial_log: booted.serial_log,
+            shared: shared.to_owned(),
             stop: std::sync::Mutex::new(Some(stop_tx)),
             keeper: std::sync::Mutex::new(Some(keeper)),
         })
@@ -146,6 +161,8 @@ impl Pod {
         let keeper = self.keeper.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(keeper) = keeper {
             let _ = tokio::task::spawn_blocking(move || keeper.join()).await;
+            crate::rootfs::unmount(&self.shared);
+            let _ = std::fs::remove_dir_all(&self.shared);
         }
     }
 }

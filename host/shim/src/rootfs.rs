@@ -1,9 +1,10 @@
-//! The container's root filesystem on the host: the mounts containerd passes with Create (the
-//! snapshot, usually an overlay) mounted at `<bundle>/rootfs`, which is then shared into the
-//! pod's VM with virtio-fs.
+//! Containers' root filesystems on the host: the pod's shared directory (one virtio-fs share
+//! per pod, a shared mount so that what is mounted in it later reaches virtiofsd), and in it
+//! each container's rootfs at `<id>/rootfs`: the mounts containerd passes with Create (the
+//! snapshot, usually an overlay), or the bundle's own rootfs directory bound there.
 //!
-//! Owns mounting and unmounting there. Must never mount outside the bundle nor leave a mount
-//! behind on a failed create or a delete.
+//! Owns mounting and unmounting there. Must never leave a mount behind on a failed create or
+//! a delete.
 
 use std::path::Path;
 
@@ -47,4 +48,38 @@ pub fn unmount(target: &Path) {
             }
         }
     }
+}
+
+/// Makes `dir` a mount point of its own with shared propagation, so mounts made under it later
+/// propagate into virtiofsd's mount namespace (a slave of the host's).
+pub fn make_shared_dir(dir: &Path) -> anyhow::Result<()> {
+    use nix::mount::{mount, MsFlags};
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+    mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(|e| anyhow::anyhow!("binding {} onto itself: {e}", dir.display()))?;
+    if let Err(e) = mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_SHARED,
+        None::<&str>,
+    ) {
+        unmount(dir);
+        anyhow::bail!("making {} a shared mount: {e}", dir.display());
+    }
+    Ok(())
+}
+
+/// Binds `source` (a prepared rootfs directory) at `target`.
+pub fn bind(source: &Path, target: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(target)
+        .map_err(|e| anyhow::anyhow!("creating {}: {e}", target.display()))?;
+    nix::mount::mount(
+        Some(source),
+        target,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND | nix::mount::MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| anyhow::anyhow!("binding {} at {}: {e}", source.display(), target.display()))
 }

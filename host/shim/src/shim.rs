@@ -89,7 +89,15 @@ impl Shim for HuskShim {
         } else {
             self.bundle.clone().into()
         };
-        crate::rootfs::unmount(&bundle.join("rootfs"));
+        // The pod's shared directory lives in its first container's bundle.
+        let shared = bundle.join("shared");
+        if let Ok(entries) = std::fs::read_dir(&shared) {
+            for e in entries.flatten() {
+                crate::rootfs::unmount(&e.path().join("rootfs"));
+            }
+        }
+        crate::rootfs::unmount(&shared);
+        let _ = std::fs::remove_dir_all(&shared);
         if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
             if let Some(path) = socket_path(address.trim()) {
                 let _ = std::fs::remove_file(path);

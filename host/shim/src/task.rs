@@ -26,7 +26,7 @@ use husk_config::Config;
 use tokio::sync::{mpsc, watch};
 
 use crate::io::{self, Copies, Target};
-use crate::pod::{Pod, ROOTFS_TAG};
+use crate::pod::{Pod, POD_TAG};
 use crate::rootfs;
 
 /// Serial console lines logged when a pod's guest fails.
@@ -85,7 +85,8 @@ impl Proc {
 struct Container {
     id: String,
     bundle: PathBuf,
-    rootfs_mounted: bool,
+    /// Where its rootfs is mounted on the host (in the pod's shared directory).
+    rootfs: PathBuf,
     init: Arc<Proc>,
     execs: Mutex<HashMap<String, Arc<Proc>>>,
 }
@@ -260,36 +261,45 @@ impl TaskService {
         let bundle = PathBuf::from(&req.bundle);
         let spec = std::fs::read_to_string(bundle.join("config.json"))
             .map_err(|e| anyhow::anyhow!("reading {}/config.json: {e}", bundle.display()))?;
-        let rootfs_dir = bundle.join("rootfs");
-        let mounted = rootfs::mount(&req.rootfs, &rootfs_dir)?;
-        let made = async {
+        let sandbox = crate::shim::grouping(&bundle, &req.id);
+        let pod = {
+            // Held while booting: two creates in one pod never boot two VMs.
             let mut slot = self.pod.lock().await;
-            if slot.is_some() {
-                anyhow::bail!(
-                    "this pod already runs a container; more than one per pod is not supported yet"
-                );
-            }
-            let pod = Arc::new(Pod::boot(config, &rootfs_dir, &req.id).await?);
-            *slot = Some(pod.clone());
-            drop(slot);
-            self.watch_oom(pod.clone());
-            pod.agent
-                .create_container(&req.id, &spec, ROOTFS_TAG)
-                .await
-                .map_err(anyhow::Error::new)?;
-            Ok(pod)
-        }
-        .await;
-        let pod = match made {
-            Ok(p) => p,
-            Err(e) => {
-                self.stop_pod().await;
-                if mounted {
-                    rootfs::unmount(&rootfs_dir);
+            match slot.as_ref() {
+                Some(p) => p.clone(),
+                None => {
+                    let pod = Arc::new(Pod::boot(config, &bundle.join("shared"), &sandbox).await?);
+                    *slot = Some(pod.clone());
+                    self.watch_oom(pod.clone());
+                    pod
                 }
-                return Err(e);
             }
         };
+        let rel = format!("{}/rootfs", req.id);
+        let target = pod.shared.join(&rel);
+        let made = async {
+            if !rootfs::mount(&req.rootfs, &target)? {
+                rootfs::bind(&bundle.join("rootfs"), &target)?;
+            }
+            pod.agent
+                .create_container_at(&req.id, &spec, POD_TAG, &rel)
+                .await
+                .map_err(anyhow::Error::new)
+        }
+        .await;
+        if let Err(e) = made {
+            rootfs::unmount(&target);
+            let _ = std::fs::remove_dir_all(pod.shared.join(&req.id));
+            if self
+                .containers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+            {
+                self.stop_pod().await;
+            }
+            return Err(e);
+        }
         let init = Arc::new(Proc::new(
             "",
             req.terminal,
@@ -300,7 +310,7 @@ impl TaskService {
         Ok(Arc::new(Container {
             id: req.id.clone(),
             bundle,
-            rootfs_mounted: mounted,
+            rootfs: target,
             init,
             execs: Mutex::new(HashMap::new()),
         }))
@@ -507,21 +517,23 @@ impl Task for TaskService {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&req.exec_id);
         } else {
-            if let Ok(pod) = self.pod().await {
+            let pod = self.pod().await.ok();
+            if let Some(pod) = &pod {
                 if let Err(e) = pod.agent.remove_container(&c.id).await {
                     tracing::warn!(task = %c.id, error = %e, "removing the container in the guest");
                 }
-                if let Err(e) = pod.agent.destroy_sandbox(&c.id).await {
-                    tracing::debug!(error = %e, "destroying the sandbox");
-                }
             }
-            self.containers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&c.id);
-            self.stop_pod().await;
-            if c.rootfs_mounted {
-                rootfs::unmount(&c.bundle.join("rootfs"));
+            rootfs::unmount(&c.rootfs);
+            if let Some(dir) = c.rootfs.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            let last = {
+                let mut all = self.containers.lock().unwrap_or_else(|p| p.into_inner());
+                all.remove(&c.id);
+                all.is_empty()
+            };
+            if last {
+                self.stop_pod().await;
             }
             self.publish(
                 topics::TASK_DELETE_EVENT_TOPIC,

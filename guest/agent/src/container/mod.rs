@@ -175,6 +175,8 @@ impl Paths {
 pub struct Containers {
     paths: Paths,
     all: Mutex<HashMap<String, Arc<Container>>>,
+    /// virtio-fs shares mounted so far (tag → mount point), each once, for every container.
+    shares: Mutex<HashMap<String, PathBuf>>,
     /// Ids being created, reserved so two creates never mount on one directory.
     creating: Mutex<HashSet<String>>,
     oom_tx: mpsc::Sender<OOMEvent>,
@@ -238,10 +240,27 @@ fn resolve_program(rootfs: &Path, plan: &ProcessPlan) -> Result<PathBuf, Contain
     )))
 }
 
-/// Mounts the container's root: the image share read-only at `dir/image`, a tmpfs at
-/// `dir/cow` for its writes, and an overlay of both at `dir/rootfs`, so a container never
-/// changes the image on the host and its writes vanish with it.
-fn mount_rootfs(dir: &Path, tag: &str) -> Result<PathBuf, ContainerError> {
+/// Checks a path inside a share: relative, plain components only.
+fn share_subpath(path: &str) -> Result<PathBuf, ContainerError> {
+    let p = Path::new(path);
+    let ok = path.len() <= 4096
+        && !path.contains('\0')
+        && p.components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if ok {
+        Ok(p.to_owned())
+    } else {
+        Err(ContainerError::Invalid(format!(
+            "rootfs path {:?} must be relative inside the share, without `..`",
+            path.chars().take(80).collect::<String>()
+        )))
+    }
+}
+
+/// Mounts the container's root: `image` (the share's `subpath`, bound read-only at
+/// `dir/image`), a tmpfs at `dir/cow` for its writes, and an overlay of both at `dir/rootfs`,
+/// so a container never changes the image on the host and its writes vanish with it.
+fn mount_rootfs(dir: &Path, share: &Path, subpath: &Path) -> Result<PathBuf, ContainerError> {
     use nix::mount::{mount, MsFlags};
     let (image, cow, rootfs) = (dir.join("image"), dir.join("cow"), dir.join("rootfs"));
     for d in [&image, &cow, &rootfs] {
@@ -253,16 +272,25 @@ fn mount_rootfs(dir: &Path, tag: &str) -> Result<PathBuf, ContainerError> {
             source: e.into(),
         }
     };
+    let source = share.join(subpath);
+    let meta = std::fs::symlink_metadata(&source).map_err(io_err(format!(
+        "the container's rootfs {} in the share",
+        subpath.display()
+    )))?;
+    if !meta.is_dir() {
+        return Err(ContainerError::Invalid(format!(
+            "the container's rootfs {} in the share is not a directory",
+            subpath.display()
+        )));
+    }
     mount(
-        Some(tag),
+        Some(&source),
         &image,
-        Some("virtiofs"),
-        MsFlags::MS_RDONLY,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
         None::<&str>,
     )
-    .map_err(mount_err(format!(
-        "mounting virtio-fs share {tag:?} (is it attached to the VM?)"
-    )))?;
+    .map_err(mount_err(format!("binding {}", source.display())))?;
     mount(
         Some("cow"),
         &cow,
@@ -311,6 +339,7 @@ impl Containers {
         Self {
             paths,
             all: Mutex::new(HashMap::new()),
+            shares: Mutex::new(HashMap::new()),
             creating: Mutex::new(HashSet::new()),
             oom_tx,
             oom_rx: tokio::sync::Mutex::new(oom_rx),
@@ -357,6 +386,30 @@ impl Containers {
         self.all().keys().cloned().collect()
     }
 
+    /// Mounts the virtio-fs share `tag` (read-only) the first time; its mount point.
+    fn share(&self, tag: &str) -> Result<PathBuf, ContainerError> {
+        let mut shares = self.shares.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = shares.get(tag) {
+            return Ok(p.clone());
+        }
+        let at = self.paths.containers.with_file_name("shares").join(tag);
+        std::fs::create_dir_all(&at).map_err(io_err(format!("creating {}", at.display())))?;
+        nix::mount::mount(
+            Some(tag),
+            &at,
+            Some("virtiofs"),
+            nix::mount::MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(|e| {
+            io_err(format!(
+                "mounting virtio-fs share {tag:?} (is it attached to the VM?)"
+            ))(e.into())
+        })?;
+        shares.insert(tag.to_owned(), at.clone());
+        Ok(at)
+    }
+
     fn reserve(&self, id: &str) -> Result<Reservation<'_>, ContainerError> {
         let mut creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
         if self.all().contains_key(id) || !creating.insert(id.to_owned()) {
@@ -371,6 +424,7 @@ impl Containers {
         id: &str,
         spec_json: &str,
         rootfs_tag: &str,
+        rootfs_path: &str,
     ) -> Result<(), ContainerError> {
         check_id("container id", id)?;
         if !valid_tag(rootfs_tag) {
@@ -378,11 +432,13 @@ impl Containers {
                 "rootfs tag {rootfs_tag:?} must be 1-36 of [A-Za-z0-9_-]"
             )));
         }
+        let subpath = share_subpath(rootfs_path)?;
         let plan = spec::parse(spec_json)?;
         let _reserved = self.reserve(id)?;
         let mut cgroup = None;
         let made = (|| {
-            let rootfs = mount_rootfs(&self.paths.containers.join(id), rootfs_tag)?;
+            let share = self.share(rootfs_tag)?;
+            let rootfs = mount_rootfs(&self.paths.containers.join(id), &share, &subpath)?;
             for m in &plan.mounts {
                 check_no_symlinks(&rootfs, &m.destination)?;
                 let dir = rootfs.join(m.destination.strip_prefix("/").unwrap_or(&m.destination));
@@ -552,7 +608,11 @@ impl Containers {
         let (jail, pidns) = if exec_id.is_empty() {
             let jail = JailPlan::new(&c.rootfs, &c.plan, cgroup_procs)
                 .map_err(io_err("preparing the jail"))?;
-            (jail, PidNamespace::New)
+            let pidns = match c.plan.join_pid_of.as_deref().filter(|s| *s != id) {
+                None => PidNamespace::New,
+                Some(sandbox) => PidNamespace::Join(self.pid_namespace_of(sandbox)?),
+            };
+            (jail, pidns)
         } else {
             let init = c.init.running_pid().ok_or_else(|| ContainerError::State {
                 id: id.into(),
@@ -567,6 +627,18 @@ impl Containers {
         let pid = p.launch(&program, jail, pidns)?;
         tracing::info!(container = id, exec = exec_id, pid, "process started");
         Ok(pid)
+    }
+
+    /// The PID namespace of container `id`'s running init.
+    fn pid_namespace_of(&self, id: &str) -> Result<std::os::fd::OwnedFd, ContainerError> {
+        let c = self.get(id)?;
+        let pid = c.init.running_pid().ok_or_else(|| ContainerError::State {
+            id: id.into(),
+            what: "is not running, so its PID namespace cannot be shared".into(),
+        })?;
+        let f = std::fs::File::open(self.paths.proc.join(format!("{pid}/ns/pid")))
+            .map_err(io_err(format!("opening the PID namespace of {id}")))?;
+        Ok(f.into())
     }
 
     /// Waits for a process's exit and the end of its output. An exec'd process is forgotten

@@ -6,7 +6,10 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use oci_spec::runtime::{LinuxResources, Process, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Process, Spec};
+
+/// The annotation with which the CRI plugin names a container's pod sandbox.
+pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 
 /// Largest spec accepted.
 pub const MAX_SPEC: usize = 1 << 20;
@@ -43,6 +46,9 @@ pub struct ContainerPlan {
     pub mounts: Vec<MountPlan>,
     /// `linux.resources`, applied to the container's cgroup.
     pub resources: Option<LinuxResources>,
+    /// The container of the same sandbox whose PID namespace this one joins: the spec asks for
+    /// a PID namespace by path (a host path, meaningless here), and names its sandbox.
+    pub join_pid_of: Option<String>,
 }
 
 /// Why a spec was refused.
@@ -64,6 +70,8 @@ pub enum SpecError {
     MountOption(String),
     #[error("mount type {typ:?} at {destination:?} is not supported by this agent")]
     MountType { typ: String, destination: String },
+    #[error("the spec asks for a PID namespace by path, which in a pod means its sandbox's: add the annotation {SANDBOX_ID_ANNOTATION} naming the sandbox container")]
+    PidNamespace,
     #[error("hostname {0:?} is not a valid hostname")]
     Hostname(String),
 }
@@ -229,11 +237,30 @@ pub fn plan(spec: &Spec) -> Result<ContainerPlan, SpecError> {
         });
     }
     let resources = spec.linux().as_ref().and_then(|l| l.resources().clone());
+    let pid_by_path = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n.typ() == LinuxNamespaceType::Pid && n.path().is_some())
+        });
+    let join_pid_of = match pid_by_path {
+        false => None,
+        true => Some(
+            spec.annotations()
+                .as_ref()
+                .and_then(|a| a.get(SANDBOX_ID_ANNOTATION))
+                .cloned()
+                .ok_or(SpecError::PidNamespace)?,
+        ),
+    };
     Ok(ContainerPlan {
         process,
         hostname,
         mounts,
         resources,
+        join_pid_of,
     })
 }
 
