@@ -430,3 +430,51 @@ fn two_containers_of_one_pod_share_its_vm_and_pid_namespace() {
     ok(&["containers", "rm", "pod1"]);
     cd.assert_nothing_left(&["pod1", "app1"]);
 }
+
+#[test]
+fn a_binary_log_uri_gets_both_streams_and_the_container_id() {
+    let h = Harness::new();
+    let cd = Containerd::start(&h);
+    let dir = h.scratch().join("logger");
+    std::fs::create_dir_all(&dir).expect("logger dir");
+    let script = dir.join("log.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$CONTAINER_ID $CONTAINER_NAMESPACE $*\" > {d}/env\n\
+             exec 5>&-\ncat <&3 > {d}/out & cat <&4 > {d}/err &\nwait\n",
+            d = dir.display()
+        ),
+    )
+    .expect("logger script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let uri = format!("binary://{}?tag=web", script.display());
+    let out = cd.run(&[
+        "run",
+        "--rm",
+        "--log-uri",
+        &uri,
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "b1",
+        "sh",
+        "-c",
+        "echo to-out; echo to-err >&2",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out.stderr),
+        cd.log_tail()
+    );
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+    assert_eq!(read("env"), "b1 default tag web\n");
+    assert_eq!(
+        (read("out").as_str(), read("err").as_str()),
+        ("to-out\n", "to-err\n")
+    );
+    cd.assert_nothing_left(&["b1"]);
+}

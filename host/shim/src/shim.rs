@@ -131,7 +131,7 @@ impl Shim for HuskShim {
             tracing::error!(error = %e, "husk's configuration");
             e.to_string()
         });
-        TaskService::new(config, self.exit.clone(), tx)
+        TaskService::new(self.namespace.clone(), config, self.exit.clone(), tx)
     }
 }
 

@@ -131,6 +131,8 @@ fn internal(e: anyhow::Error) -> ttrpc::Error {
 
 /// The Task service of one shim (one pod).
 pub struct TaskService {
+    /// containerd's namespace of this shim's tasks.
+    namespace: String,
     /// husk's configuration, or why it could not be read (reported on Create).
     config: Result<Config, String>,
     exit: Arc<ExitSignal>,
@@ -141,11 +143,13 @@ pub struct TaskService {
 
 impl TaskService {
     pub fn new(
+        namespace: String,
         config: Result<Config, String>,
         exit: Arc<ExitSignal>,
         events: mpsc::Sender<Event>,
     ) -> Self {
         Self {
+            namespace,
             config,
             exit,
             events,
@@ -178,7 +182,7 @@ impl TaskService {
     }
 
     /// Opens a process's streams in the guest and starts copying them to containerd's.
-    fn attach(pod: &Pod, id: &str, p: &Proc) -> anyhow::Result<Copies> {
+    fn attach(pod: &Pod, id: &str, namespace: &str, p: &Proc) -> anyhow::Result<Copies> {
         let [stdin, stdout, stderr] = &p.stdio;
         let (stdin, stdout, stderr) = (
             Target::parse(stdin)?,
@@ -186,11 +190,18 @@ impl TaskService {
             Target::parse(stderr)?,
         );
         let timeout = std::time::Duration::from_secs(60);
-        io::attach(&stdin, &stdout, &stderr, p.terminal, |kind| {
-            Ok(open_process_stream(
-                &pod.vsock, id, &p.exec_id, kind, timeout,
-            )?)
-        })
+        io::attach(
+            &stdin,
+            &stdout,
+            &stderr,
+            p.terminal,
+            (id, namespace),
+            |kind| {
+                Ok(open_process_stream(
+                    &pod.vsock, id, &p.exec_id, kind, timeout,
+                )?)
+            },
+        )
     }
 
     /// Waits for a process in the guest, then for its output, then publishes its exit.
@@ -398,7 +409,7 @@ impl Task for TaskService {
             return Err(status(Code::FAILED_PRECONDITION, "already started"));
         }
         let pod = self.pod().await?;
-        let copies = Self::attach(&pod, &c.id, &p).map_err(internal)?;
+        let copies = Self::attach(&pod, &c.id, &self.namespace, &p).map_err(internal)?;
         let pid = pod
             .agent
             .start_process(&c.id, &p.exec_id)
