@@ -38,6 +38,11 @@ pub mod capability {
     pub const PODS: &str = "pods";
 }
 
+/// Where the agent mounts each virtio-fs share (`<SHARES_DIR>/<tag>`), read-write (the
+/// host's virtiofsd decides what is writable). A spec's bind mount may name a source there: a
+/// host directory or file the host put in the pod's share (a volume).
+pub const SHARES_DIR: &str = "/run/husk/shares";
+
 /// Longest container or exec id.
 pub const MAX_ID: usize = 64;
 

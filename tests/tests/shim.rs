@@ -478,3 +478,65 @@ fn a_binary_log_uri_gets_both_streams_and_the_container_id() {
     );
     cd.assert_nothing_left(&["b1"]);
 }
+
+#[test]
+fn bind_mounts_and_volumes_reach_the_container_read_only_honoured() {
+    let h = Harness::new();
+    let cd = Containerd::start(&h);
+    let vol = h.scratch().join("volume");
+    std::fs::create_dir_all(&vol).expect("volume");
+    std::fs::write(vol.join("in"), "from the host\n").expect("volume file");
+    let rw = format!("type=bind,src={},dst=/data,options=rbind:rw", vol.display());
+    let out = cd.run(&[
+        "run",
+        "--rm",
+        "--mount",
+        &rw,
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "vol1",
+        "sh",
+        "-c",
+        "cat /data/in; echo from the guest > /data/out",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out.stderr),
+        cd.log_tail()
+    );
+    assert_eq!(text(&out.stdout), "from the host\n");
+    assert_eq!(
+        std::fs::read_to_string(vol.join("out")).expect("written through the volume"),
+        "from the guest\n"
+    );
+    let ro = format!("type=bind,src={},dst=/data,options=rbind:ro", vol.display());
+    let out = cd.run(&[
+        "run",
+        "--rm",
+        "--mount",
+        &ro,
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "vol2",
+        "sh",
+        "-c",
+        "cat /data/in && ! touch /data/nope",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out.stderr),
+        cd.log_tail()
+    );
+    assert!(!vol.join("nope").exists(), "a read-only volume was written");
+    assert!(
+        vol.join("in").exists(),
+        "the volume's files are intact after the pods ended"
+    );
+    cd.assert_nothing_left(&["vol1", "vol2"]);
+}

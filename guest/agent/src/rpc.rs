@@ -397,6 +397,7 @@ mod tests {
             containers: "/nonexistent".into(),
             cgroup_root: None,
             proc: "/proc".into(),
+            shares: "/nonexistent".into(),
         };
         AgentService::new(
             "/",

@@ -52,7 +52,7 @@ struct Booted {
 }
 
 impl Pod {
-    /// Boots a VM sharing `shared` (made a shared mount here) read-only as [`POD_TAG`], waits
+    /// Boots a VM sharing `shared` (made a shared mount here) as [`POD_TAG`], waits
     /// for its init, connects to its agent and makes the sandbox `sandbox_id`.
     pub async fn boot(config: &Config, shared: &Path, sandbox_id: &str) -> anyhow::Result<Self> {
         crate::rootfs::make_shared_dir(shared)?;
@@ -60,7 +60,7 @@ impl Pod {
             Ok(p) => Ok(p),
             Err(e) => {
                 crate::rootfs::unmount(shared);
-                let _ = std::fs::remove_dir(shared);
+                crate::rootfs::remove_unmounted(shared);
                 Err(e)
             }
         }
@@ -78,7 +78,8 @@ impl Pod {
         cfg.shares.push(Share {
             tag: POD_TAG.into(),
             host_dir: shared.to_owned(),
-            read_only: true,
+            // Writable for volumes; rootfs directories are only an overlay's lower layer.
+            read_only: false,
         });
         let ready_timeout = config.agent.ready_timeout();
         let (booted_tx, booted_rx) = tokio::sync::oneshot::channel::<anyhow::Result<Booted>>();
@@ -162,7 +163,7 @@ impl Pod {
         if let Some(keeper) = keeper {
             let _ = tokio::task::spawn_blocking(move || keeper.join()).await;
             crate::rootfs::unmount(&self.shared);
-            let _ = std::fs::remove_dir_all(&self.shared);
+            crate::rootfs::remove_unmounted(&self.shared);
         }
     }
 }

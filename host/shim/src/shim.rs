@@ -93,11 +93,16 @@ impl Shim for HuskShim {
         let shared = bundle.join("shared");
         if let Ok(entries) = std::fs::read_dir(&shared) {
             for e in entries.flatten() {
+                if let Ok(volumes) = std::fs::read_dir(e.path().join("mounts")) {
+                    for v in volumes.flatten() {
+                        crate::rootfs::unmount(&v.path());
+                    }
+                }
                 crate::rootfs::unmount(&e.path().join("rootfs"));
             }
         }
         crate::rootfs::unmount(&shared);
-        let _ = std::fs::remove_dir_all(&shared);
+        crate::rootfs::remove_unmounted(&shared);
         if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
             if let Some(path) = socket_path(address.trim()) {
                 let _ = std::fs::remove_file(path);

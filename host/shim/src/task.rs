@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 use crate::io::{self, Copies, Target};
 use crate::pod::{Pod, POD_TAG};
 use crate::rootfs;
+use husk_protocols::agent::SHARES_DIR;
 
 /// Serial console lines logged when a pod's guest fails.
 const SERIAL_TAIL: usize = 20;
@@ -288,19 +289,25 @@ impl TaskService {
         };
         let rel = format!("{}/rootfs", req.id);
         let target = pod.shared.join(&rel);
+        let volumes = pod.shared.join(&req.id).join("mounts");
         let made = async {
             if !rootfs::mount(&req.rootfs, &target)? {
+                std::fs::create_dir_all(&target)?;
                 rootfs::bind(&bundle.join("rootfs"), &target)?;
             }
+            // Volumes and other host bind mounts reach the guest through the pod's share.
+            let mut spec: serde_json::Value = serde_json::from_str(&spec)
+                .map_err(|e| anyhow::anyhow!("{}/config.json: {e}", bundle.display()))?;
+            let guest_dir = format!("{SHARES_DIR}/{POD_TAG}/{}/mounts", req.id);
+            rootfs::share_volumes(&mut spec, &volumes, &guest_dir)?;
             pod.agent
-                .create_container_at(&req.id, &spec, POD_TAG, &rel)
+                .create_container_at(&req.id, &spec.to_string(), POD_TAG, &rel)
                 .await
                 .map_err(anyhow::Error::new)
         }
         .await;
         if let Err(e) = made {
-            rootfs::unmount(&target);
-            let _ = std::fs::remove_dir_all(pod.shared.join(&req.id));
+            Self::unmount_container(&pod.shared.join(&req.id));
             if self
                 .containers
                 .lock()
@@ -325,6 +332,18 @@ impl TaskService {
             init,
             execs: Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// Unmounts a container's rootfs and volumes in the pod's shared directory, and removes
+    /// what it made there.
+    fn unmount_container(dir: &std::path::Path) {
+        if let Ok(entries) = std::fs::read_dir(dir.join("mounts")) {
+            for e in entries.flatten() {
+                rootfs::unmount(&e.path());
+            }
+        }
+        rootfs::unmount(&dir.join("rootfs"));
+        rootfs::remove_unmounted(dir);
     }
 
     async fn stop_pod(&self) {
@@ -534,9 +553,8 @@ impl Task for TaskService {
                     tracing::warn!(task = %c.id, error = %e, "removing the container in the guest");
                 }
             }
-            rootfs::unmount(&c.rootfs);
             if let Some(dir) = c.rootfs.parent() {
-                let _ = std::fs::remove_dir_all(dir);
+                Self::unmount_container(dir);
             }
             let last = {
                 let mut all = self.containers.lock().unwrap_or_else(|p| p.into_inner());

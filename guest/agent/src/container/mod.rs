@@ -153,6 +153,8 @@ pub struct Paths {
     pub cgroup_root: Option<PathBuf>,
     /// procfs (`/proc`).
     pub proc: PathBuf,
+    /// Where virtio-fs shares are mounted ([`husk_protocols::agent::SHARES_DIR`]).
+    pub shares: PathBuf,
 }
 
 impl Paths {
@@ -166,6 +168,7 @@ impl Paths {
                 .exists()
                 .then(|| cgroup_root.to_owned()),
             proc: "/proc".into(),
+            shares: husk_protocols::agent::SHARES_DIR.into(),
         }
     }
 }
@@ -386,19 +389,21 @@ impl Containers {
         self.all().keys().cloned().collect()
     }
 
-    /// Mounts the virtio-fs share `tag` (read-only) the first time; its mount point.
+    /// Mounts the virtio-fs share `tag` the first time; its mount point. Read-write: volumes
+    /// in it may be written (as the host's virtiofsd allows); rootfs directories in it are
+    /// only ever the read-only lower layer of an overlay.
     fn share(&self, tag: &str) -> Result<PathBuf, ContainerError> {
         let mut shares = self.shares.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = shares.get(tag) {
             return Ok(p.clone());
         }
-        let at = self.paths.containers.with_file_name("shares").join(tag);
+        let at = self.paths.shares.join(tag);
         std::fs::create_dir_all(&at).map_err(io_err(format!("creating {}", at.display())))?;
         nix::mount::mount(
             Some(tag),
             &at,
             Some("virtiofs"),
-            nix::mount::MsFlags::MS_RDONLY,
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
             None::<&str>,
         )
         .map_err(|e| {
