@@ -190,6 +190,19 @@ impl Containerd {
         self.ctr().args(args).output().expect("running ctr")
     }
 
+    /// Runs `ctr ARGS`, asserts that it succeeded (showing containerd's log if not) and returns
+    /// its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "ctr {args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     fn import_busybox(&self, h: &Harness) {
         let rootfs = busybox_rootfs(&h.scratch().join("busybox"));
         let layout = h.scratch().join("busybox-oci");

@@ -75,16 +75,7 @@ fn ctr_run_rm_prints_output_and_exit_codes() {
 fn a_detached_task_takes_exec_ps_metrics_pause_resume_kill_and_delete() {
     let h = Harness::new();
     let cd = Containerd::start(&h);
-    let ok = |args: &[&str]| {
-        let out = cd.run(args);
-        assert!(
-            out.status.success(),
-            "ctr {args:?}: {}\n{}",
-            text(&out.stderr),
-            cd.log_tail()
-        );
-        text(&out.stdout)
-    };
+    let ok = |args: &[&str]| cd.ok(args);
     ok(&[
         "run",
         "-d",
@@ -354,16 +345,7 @@ fn a_vm_that_dies_ends_its_task_with_an_error_and_its_console_in_the_log() {
 fn two_containers_of_one_pod_share_its_vm_and_pid_namespace() {
     let h = Harness::new();
     let cd = Containerd::start(&h);
-    let ok = |args: &[&str]| {
-        let out = cd.run(args);
-        assert!(
-            out.status.success(),
-            "ctr {args:?}: {}\n{}",
-            text(&out.stderr),
-            cd.log_tail()
-        );
-        text(&out.stdout)
-    };
+    let ok = |args: &[&str]| cd.ok(args);
     let pod = "io.kubernetes.cri.sandbox-id=pod1";
     ok(&[
         "run",
