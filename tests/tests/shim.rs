@@ -342,7 +342,7 @@ fn a_vm_that_dies_ends_its_task_with_an_error_and_its_console_in_the_log() {
 }
 
 #[test]
-fn two_containers_of_one_pod_share_its_vm_and_pid_namespace() {
+fn two_containers_of_one_pod_share_its_vm_and_namespaces() {
     let h = Harness::new();
     let cd = Containerd::start(&h);
     let ok = |args: &[&str]| cd.ok(args);
@@ -370,6 +370,10 @@ fn two_containers_of_one_pod_share_its_vm_and_pid_namespace() {
         pod,
         "--with-ns",
         "pid:/proc/1/ns/pid",
+        "--with-ns",
+        "ipc:/proc/1/ns/ipc",
+        "--with-ns",
+        "uts:/proc/1/ns/uts",
         IMAGE,
         "app1",
         "sleep",
@@ -406,6 +410,19 @@ fn two_containers_of_one_pod_share_its_vm_and_pid_namespace() {
             .any(|l| l.trim_start().starts_with("1 ") && l.contains("sleep 1001")),
         "{ps}"
     );
+    // And the sandbox's IPC and UTS namespaces (pid 1 is the sandbox's init).
+    let ns = ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "ns",
+        "app1",
+        "sh",
+        "-c",
+        "for n in 1/ns/ipc self/ns/ipc 1/ns/uts self/ns/uts; do readlink /proc/$n; done",
+    ]);
+    let ns: Vec<&str> = ns.lines().collect();
+    assert!(ns.len() == 4 && ns[0] == ns[1] && ns[2] == ns[3], "{ns:?}");
     ok(&["task", "rm", "-f", "app1"]);
     ok(&["containers", "rm", "app1"]);
     ok(&["task", "rm", "-f", "pod1"]);

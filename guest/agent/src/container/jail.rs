@@ -77,6 +77,8 @@ enum Entry {
         dev_nodes: Vec<(CString, CString)>,
         dev_links: Vec<(CString, CString)>,
         hostname: Option<CString>,
+        /// IPC and UTS namespaces joined (the pod's sandbox's) rather than made.
+        joined: Vec<(OwnedFd, libc::c_int)>,
     },
     /// An exec'd process: the init's namespaces (fd, type) and root directory.
     Join {
@@ -127,6 +129,7 @@ impl JailPlan {
         rootfs: &Path,
         plan: &ContainerPlan,
         cgroup_procs: Option<OwnedFd>,
+        joined: Vec<(OwnedFd, libc::c_int)>,
     ) -> io::Result<Self> {
         let dev_is_tmpfs = plan
             .mounts
@@ -164,7 +167,12 @@ impl JailPlan {
             mounts,
             dev_nodes,
             dev_links,
-            hostname: plan.hostname.as_deref().map(cstr).transpose()?,
+            // A shared UTS namespace keeps the sandbox's hostname.
+            hostname: match joined.iter().any(|(_, t)| *t == libc::CLONE_NEWUTS) {
+                true => None,
+                false => plan.hostname.as_deref().map(cstr).transpose()?,
+            },
+            joined,
         };
         Self::with_entry(entry, &plan.process, cgroup_procs)
     }
@@ -230,7 +238,14 @@ pub fn enter(sys: &mut impl JailSys, p: &JailPlan) -> io::Result<()> {
             dev_nodes,
             dev_links,
             hostname,
+            joined,
         } => {
+            let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+            for (fd, nstype) in joined {
+                sys.setns(fd.as_raw_fd(), *nstype)?;
+                flags &= !nstype;
+            }
+            sys.unshare(flags)?;
             enter_new(sys, p, rootfs, mounts, dev_nodes, dev_links)?;
             if let Some(h) = hostname {
                 sys.sethostname(h)?;
@@ -256,7 +271,6 @@ fn enter_new(
     dev_nodes: &[(CString, CString)],
     dev_links: &[(CString, CString)],
 ) -> io::Result<()> {
-    sys.unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC)?;
     // Nothing done below may propagate back to the agent's mount namespace.
     sys.mount(
         &p.empty,
@@ -551,7 +565,7 @@ mod tests {
         v["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 100, "additionalGids": [5]});
         v["hostname"] = "box".into();
         let plan = spec::parse(&v.to_string()).unwrap();
-        let jail = JailPlan::new(Path::new("/run/c/rootfs"), &plan, None).unwrap();
+        let jail = JailPlan::new(Path::new("/run/c/rootfs"), &plan, None, Vec::new()).unwrap();
         let mut rec = Recorder::default();
         enter(&mut rec, &jail).unwrap();
         let calls = rec.0;

@@ -611,12 +611,19 @@ impl Containers {
         let program = resolve_program(&c.rootfs, p.plan())?;
         let cgroup_procs = Self::cgroup_procs(&c)?;
         let (jail, pidns) = if exec_id.is_empty() {
-            let jail = JailPlan::new(&c.rootfs, &c.plan, cgroup_procs)
+            let mut pidns = PidNamespace::New;
+            let mut joined = Vec::new();
+            if let Some((sandbox, types)) = c.plan.shares_with.as_ref().filter(|(s, _)| s != id) {
+                for t in types {
+                    let fd = self.namespace_of(sandbox, *t)?;
+                    match *t {
+                        libc::CLONE_NEWPID => pidns = PidNamespace::Join(fd),
+                        _ => joined.push((fd, *t)),
+                    }
+                }
+            }
+            let jail = JailPlan::new(&c.rootfs, &c.plan, cgroup_procs, joined)
                 .map_err(io_err("preparing the jail"))?;
-            let pidns = match c.plan.join_pid_of.as_deref().filter(|s| *s != id) {
-                None => PidNamespace::New,
-                Some(sandbox) => PidNamespace::Join(self.pid_namespace_of(sandbox)?),
-            };
             (jail, pidns)
         } else {
             let init = c.init.running_pid().ok_or_else(|| ContainerError::State {
@@ -634,15 +641,25 @@ impl Containers {
         Ok(pid)
     }
 
-    /// The PID namespace of container `id`'s running init.
-    fn pid_namespace_of(&self, id: &str) -> Result<std::os::fd::OwnedFd, ContainerError> {
+    /// A namespace (`CLONE_NEWPID`, `CLONE_NEWIPC` or `CLONE_NEWUTS`) of container `id`'s
+    /// running init.
+    fn namespace_of(
+        &self,
+        id: &str,
+        nstype: libc::c_int,
+    ) -> Result<std::os::fd::OwnedFd, ContainerError> {
         let c = self.get(id)?;
         let pid = c.init.running_pid().ok_or_else(|| ContainerError::State {
             id: id.into(),
-            what: "is not running, so its PID namespace cannot be shared".into(),
+            what: "is not running, so its namespaces cannot be shared".into(),
         })?;
-        let f = std::fs::File::open(self.paths.proc.join(format!("{pid}/ns/pid")))
-            .map_err(io_err(format!("opening the PID namespace of {id}")))?;
+        let name = match nstype {
+            libc::CLONE_NEWPID => "pid",
+            libc::CLONE_NEWIPC => "ipc",
+            _ => "uts",
+        };
+        let f = std::fs::File::open(self.paths.proc.join(format!("{pid}/ns/{name}")))
+            .map_err(io_err(format!("opening the {name} namespace of {id}")))?;
         Ok(f.into())
     }
 

@@ -46,9 +46,10 @@ pub struct ContainerPlan {
     pub mounts: Vec<MountPlan>,
     /// `linux.resources`, applied to the container's cgroup.
     pub resources: Option<LinuxResources>,
-    /// The container of the same sandbox whose PID namespace this one joins: the spec asks for
-    /// a PID namespace by path (a host path, meaningless here), and names its sandbox.
-    pub join_pid_of: Option<String>,
+    /// The container of the same sandbox whose namespaces this one joins (the annotation
+    /// [`SANDBOX_ID_ANNOTATION`]), and which: those the spec asks for by path (host paths,
+    /// meaningless here), among `CLONE_NEWPID`, `CLONE_NEWIPC` and `CLONE_NEWUTS`.
+    pub shares_with: Option<(String, Vec<libc::c_int>)>,
 }
 
 /// Why a spec was refused.
@@ -70,7 +71,7 @@ pub enum SpecError {
     MountOption(String),
     #[error("mount type {typ:?} at {destination:?} is not supported by this agent")]
     MountType { typ: String, destination: String },
-    #[error("the spec asks for a PID namespace by path, which in a pod means its sandbox's: add the annotation {SANDBOX_ID_ANNOTATION} naming the sandbox container")]
+    #[error("the spec asks for a pid, ipc or uts namespace by path, which in a pod means its sandbox's: add the annotation {SANDBOX_ID_ANNOTATION} naming the sandbox container")]
     PidNamespace,
     #[error("hostname {0:?} is not a valid hostname")]
     Hostname(String),
@@ -237,30 +238,39 @@ pub fn plan(spec: &Spec) -> Result<ContainerPlan, SpecError> {
         });
     }
     let resources = spec.linux().as_ref().and_then(|l| l.resources().clone());
-    let pid_by_path = spec
+    let joined: Vec<libc::c_int> = spec
         .linux()
         .as_ref()
         .and_then(|l| l.namespaces().as_ref())
-        .is_some_and(|ns| {
+        .map(|ns| {
             ns.iter()
-                .any(|n| n.typ() == LinuxNamespaceType::Pid && n.path().is_some())
-        });
-    let join_pid_of = match pid_by_path {
-        false => None,
-        true => Some(
+                .filter(|n| n.path().is_some())
+                .filter_map(|n| match n.typ() {
+                    LinuxNamespaceType::Pid => Some(libc::CLONE_NEWPID),
+                    LinuxNamespaceType::Ipc => Some(libc::CLONE_NEWIPC),
+                    LinuxNamespaceType::Uts => Some(libc::CLONE_NEWUTS),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let shares_with = match joined.is_empty() {
+        true => None,
+        false => Some((
             spec.annotations()
                 .as_ref()
                 .and_then(|a| a.get(SANDBOX_ID_ANNOTATION))
                 .cloned()
                 .ok_or(SpecError::PidNamespace)?,
-        ),
+            joined,
+        )),
     };
     Ok(ContainerPlan {
         process,
         hostname,
         mounts,
         resources,
-        join_pid_of,
+        shares_with,
     })
 }
 
