@@ -168,7 +168,24 @@ impl Containerd {
                 }
             }
         });
-        Events { child, lines: rx }
+        let events = Events { child, lines: rx };
+        // `ctr events` subscribes some time after it starts: make an event of our own and wait
+        // for it, so that no later event can be missed.
+        static MARK: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let mark = format!(
+            "husk-sync-{}",
+            MARK.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        loop {
+            self.ok(&["namespaces", "create", &mark]);
+            let seen = events.lines.recv_timeout(Duration::from_secs(1));
+            self.ok(&["namespaces", "remove", &mark]);
+            match seen {
+                Ok(line) if line.contains(&mark) => break,
+                _ => continue,
+            }
+        }
+        events
     }
 
     /// The last lines of containerd's log (shim logs go there too).

@@ -153,6 +153,29 @@ impl Pod {
             .all(|p| Path::new(&format!("/proc/{p}")).exists())
     }
 
+    /// Resolves when the VM's hypervisor process has exited (a pidfd becomes readable), at
+    /// once if it cannot be watched.
+    pub async fn vm_exited(&self) {
+        use std::os::fd::FromRawFd;
+        let Some(&pid) = self.vm_pids.first() else {
+            return;
+        };
+        // SAFETY: pidfd_open(2) with a pid and no flags; a non-negative result is a new fd.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            return;
+        }
+        // SAFETY: `fd` was just returned by pidfd_open and is owned by nothing else.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as libc::c_int) };
+        // SAFETY: the `OwnedFd` moves into the `AsyncFd`, which alone closes it.
+        match unsafe { tokio::io::unix::AsyncFd::register(fd) } {
+            Ok(afd) => {
+                let _ = afd.readable().await;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot watch the VM's process"),
+        }
+    }
+
     /// Shuts the VM down and waits for it (its run directory removed); a second call waits
     /// for nothing.
     pub async fn shutdown(&self) {

@@ -30,6 +30,8 @@ use crate::pod::{Pod, POD_TAG};
 use crate::rootfs;
 use husk_protocols::agent::SHARES_DIR;
 
+/// How long the output of a process whose VM died may still take to arrive.
+const LOST_OUTPUT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Serial console lines logged when a pod's guest fails.
 const SERIAL_TAIL: usize = 20;
 
@@ -209,22 +211,35 @@ impl TaskService {
     fn watch_exit(&self, pod: Arc<Pod>, id: String, p: Arc<Proc>, copies: Copies) {
         let events = self.events.clone();
         tokio::spawn(async move {
-            let code = match pod.agent.wait(&id, &p.exec_id).await {
-                Ok(c) => u32::try_from(c).unwrap_or(255),
-                Err(e) => {
-                    // The guest is gone (or its agent): say so with what its console said last.
-                    tracing::error!(
-                        task = %id,
-                        error = %e,
-                        vm_running = pod.vm_running(),
-                        serial = %pod.serial_tail(SERIAL_TAIL).join("\n"),
-                        "lost the process: the pod's VM or its agent failed"
-                    );
-                    255
-                }
+            let code = tokio::select! {
+                r = pod.agent.wait(&id, &p.exec_id) => match r {
+                    Ok(c) => Some(u32::try_from(c).unwrap_or(255)),
+                    Err(e) => {
+                        tracing::error!(task = %id, error = %e, "waiting for the process in the guest");
+                        None
+                    }
+                },
+                () = pod.vm_exited() => None,
             };
+            let lost = code.is_none();
+            let code = code.unwrap_or_else(|| {
+                // The guest is gone (or its agent): say so with what its console said last.
+                tracing::error!(
+                    task = %id,
+                    vm_running = pod.vm_running(),
+                    serial = %pod.serial_tail(SERIAL_TAIL).join("\n"),
+                    "lost the process: the pod's VM or its agent failed"
+                );
+                255
+            });
             // Output first: containerd (and `ctr run`) stop reading at the exit event.
-            let _ = tokio::task::spawn_blocking(move || copies.wait()).await;
+            let copied = tokio::task::spawn_blocking(move || copies.wait());
+            if lost {
+                // A dead VM's streams may never end: do not hold the exit event for them.
+                let _ = tokio::time::timeout(LOST_OUTPUT_WAIT, copied).await;
+            } else {
+                let _ = copied.await;
+            }
             let at = Timestamp::now();
             p.set_status(api::Status::STOPPED);
             p.exit.send_replace(Some(Exited {
