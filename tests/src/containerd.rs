@@ -293,7 +293,32 @@ impl Containerd {
 }
 
 impl Drop for Containerd {
+    /// Stops containerd; after a failed test, also what it left: its shims (their VMs die with
+    /// them) and the mounts under its directories, so one failure does not leak into the host.
     fn drop(&mut self) {
         self.stop();
+        let needle = self.socket.to_string_lossy().into_owned();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains("containerd-shim-husk-v2") && cmdline.contains(&needle) {
+                if let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse().ok()) {
+                    // SAFETY: kill(2) on a shim this test's containerd started.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+        let dir = self.dir.to_string_lossy().into_owned();
+        let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<&str> = table
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|p| p.starts_with(&dir))
+            .collect();
+        // Deepest first.
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = Command::new("umount").args(["-l", p]).status();
+        }
     }
 }
