@@ -267,14 +267,8 @@ impl Containerd {
                 sock.display()
             );
         }
-        let needle = self.socket.to_string_lossy().into_owned();
-        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            assert!(
-                !(cmdline.contains("containerd-shim-husk-v2") && cmdline.contains(&needle)),
-                "a shim is left: {cmdline}"
-            );
+        if let Some((_, cmdline)) = self.shims().first() {
+            panic!("a shim is left: {cmdline}");
         }
         let vms: Vec<_> = std::fs::read_dir(&self.run_root)
             .map(|d| d.flatten().map(|e| e.path()).collect())
@@ -284,6 +278,23 @@ impl Containerd {
         let root = self.dir.join("state").to_string_lossy().into_owned();
         let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&root)).collect();
         assert!(left.is_empty(), "mounts left: {left:#?}");
+    }
+
+    /// The running husk shims of this containerd: pid and command line.
+    pub fn shims(&self) -> Vec<(u32, String)> {
+        let needle = self.socket.to_string_lossy().into_owned();
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let pid = e.file_name().to_str()?.parse().ok()?;
+                let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                (cmdline.contains("containerd-shim-husk-v2") && cmdline.contains(&needle))
+                    .then_some((pid, cmdline))
+            })
+            .collect()
     }
 
     /// The socket (for tests that restart containerd).
@@ -297,16 +308,9 @@ impl Drop for Containerd {
     /// them) and the mounts under its directories, so one failure does not leak into the host.
     fn drop(&mut self) {
         self.stop();
-        let needle = self.socket.to_string_lossy().into_owned();
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains("containerd-shim-husk-v2") && cmdline.contains(&needle) {
-                if let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse().ok()) {
-                    // SAFETY: kill(2) on a shim this test's containerd started.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            }
+        for (pid, _) in self.shims() {
+            // SAFETY: kill(2) on a shim this test's containerd started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
         let dir = self.dir.to_string_lossy().into_owned();
         let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();

@@ -154,19 +154,10 @@ fn ctr_run_t_runs_on_a_terminal() {
 
 /// The pid of this containerd's shim serving container `id`.
 fn shim_pid(cd: &Containerd, id: &str) -> u32 {
-    let sock = cd.socket().to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .expect("/proc")
-        .flatten()
-        .find_map(|e| {
-            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            (cmd.contains("containerd-shim-husk-v2")
-                && cmd.contains(&sock)
-                && cmd.contains(&format!("-id {id} ")))
-            .then(|| e.file_name().to_str()?.parse().ok())
-            .flatten()
-        })
+    cd.shims()
+        .into_iter()
+        .find(|(_, cmdline)| cmdline.contains(&format!("-id {id} ")))
+        .map(|(pid, _)| pid)
         .expect("the shim's process")
 }
 
@@ -174,7 +165,7 @@ fn shim_pid(cd: &Containerd, id: &str) -> u32 {
 fn a_sigkilled_shim_is_cleaned_up_by_containerd() {
     let h = Harness::new();
     let cd = Containerd::start(&h);
-    let out = cd.run(&[
+    cd.ok(&[
         "run",
         "-d",
         "--runtime",
@@ -184,7 +175,6 @@ fn a_sigkilled_shim_is_cleaned_up_by_containerd() {
         "sleep",
         "1000",
     ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
     let pid = shim_pid(&cd, "k1");
     let mut events = cd.events();
     // SAFETY: kill(2) on the shim's pid.
@@ -200,13 +190,7 @@ fn a_sigkilled_shim_is_cleaned_up_by_containerd() {
         text(&out.stderr),
         cd.log_tail()
     );
-    let out = cd.run(&["containers", "rm", "k1"]);
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        text(&out.stderr),
-        cd.log_tail()
-    );
+    cd.ok(&["containers", "rm", "k1"]);
     cd.assert_nothing_left(&["k1"]);
 }
 
@@ -216,8 +200,10 @@ fn output_and_exit_survive_a_containerd_restart() {
     let mut cd = Containerd::start(&h);
     let log = h.scratch().join("r1.log");
     let uri = format!("file://{}", log.display());
-    let script = "echo before; while [ ! -e /tmp/go ]; do sleep 0.1; done; echo after; exit 7";
-    let out = cd.run(&[
+    // Ends on USR1 from an exec (or at once if the exec's mark came before the trap was set).
+    let script = "trap 'echo after; exit 7' USR1; echo before; \
+                  [ -e /tmp/go ] || { sleep 1000 & wait; }; echo after; exit 7";
+    cd.ok(&[
         "run",
         "-d",
         "--log-uri",
@@ -230,18 +216,20 @@ fn output_and_exit_survive_a_containerd_restart() {
         "-c",
         script,
     ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
     cd.restart();
     // The restarted containerd reconnects to the running shim: exec works, and the exit
     // event of the container reaches it.
     let mut events = cd.events();
-    let out = cd.run(&["task", "exec", "--exec-id", "go", "r1", "touch", "/tmp/go"]);
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        text(&out.stderr),
-        cd.log_tail()
-    );
+    cd.ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "go",
+        "r1",
+        "sh",
+        "-c",
+        "touch /tmp/go; kill -USR1 1",
+    ]);
     events.wait_for(|l| l.contains("/tasks/exit") && l.contains("\"r1\"") && !l.contains("\"go\""));
     let out = cd.run(&["task", "rm", "r1"]);
     assert!(
@@ -292,7 +280,7 @@ fn ten_pods_started_at_once_all_run_and_clean_up() {
 fn a_vm_that_dies_ends_its_task_with_an_error_and_its_console_in_the_log() {
     let h = Harness::new();
     let cd = Containerd::start(&h);
-    let out = cd.run(&[
+    cd.ok(&[
         "run",
         "-d",
         "--runtime",
@@ -302,25 +290,23 @@ fn a_vm_that_dies_ends_its_task_with_an_error_and_its_console_in_the_log() {
         "sleep",
         "1000",
     ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
     let shim = shim_pid(&cd, "v1");
-    let children =
-        std::fs::read_to_string(format!("/proc/{shim}/task/{shim}/children")).unwrap_or_default();
-    // The VM's threads are children of the shim's keeper thread, not its main thread: look
-    // through all of the shim's threads.
-    let mut qemu = None;
-    for t in std::fs::read_dir(format!("/proc/{shim}/task"))
+    // The VM's processes are children of the shim's keeper thread: look through all of the
+    // shim's threads.
+    let qemu = std::fs::read_dir(format!("/proc/{shim}/task"))
         .expect("shim threads")
         .flatten()
-    {
-        let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-        for pid in kids.split_whitespace().chain(children.split_whitespace()) {
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            if comm.starts_with("qemu") {
-                qemu = pid.parse::<i32>().ok();
-            }
-        }
-    }
+        .flat_map(|t| {
+            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            kids.split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.starts_with("qemu"))
+        })
+        .and_then(|pid| pid.parse::<i32>().ok());
     let qemu = qemu.expect("the pod's QEMU");
     let mut events = cd.events();
     // SAFETY: kill(2) on the pod's QEMU.
@@ -379,16 +365,7 @@ fn two_containers_of_one_pod_share_its_vm_and_namespaces() {
         "sleep",
         "1002",
     ]);
-    let sock = cd.socket().to_string_lossy().into_owned();
-    let shims = std::fs::read_dir("/proc")
-        .expect("/proc")
-        .flatten()
-        .filter(|e| {
-            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            let cmd = String::from_utf8_lossy(&cmd).into_owned();
-            cmd.contains("containerd-shim-husk-v2") && cmd.contains(&sock)
-        })
-        .count();
+    let shims = cd.shims().len();
     assert_eq!(shims, 1, "one shim (one VM) serves the pod");
     // From the app container, the sandbox's process is visible (and is pid 1).
     let ps = ok(&[

@@ -69,6 +69,29 @@ impl AgentError {
     }
 }
 
+/// Copies an output stream of a process (opened with [`open_process_stream`]) to `to` on a
+/// thread of its own until the agent closes it (after the last byte), flushing as it goes.
+/// Join the handle to know that all the output was written.
+pub fn copy_output(
+    mut from: std::os::unix::net::UnixStream,
+    mut to: impl std::io::Write + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            match std::io::Read::read(&mut from, &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if let Err(e) = to.write_all(&buf[..n]).and_then(|()| to.flush()) {
+                        tracing::warn!(error = %e, "writing a process's output");
+                        break;
+                    }
+                }
+            }
+        }
+    })
+}
+
 /// Opens one `husk.stdio.v1` stream of a container's process. Attach before StartContainer.
 pub fn open_stream(
     vsock_path: &Path,

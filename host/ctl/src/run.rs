@@ -7,14 +7,13 @@
 //! never leave the VM behind (the Vm is dropped on every path) or lose output (it waits for the
 //! output streams to end before it exits).
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use husk_agent_client::{open_stream, AgentClient};
+use husk_agent_client::{copy_output, open_stream, AgentClient};
 use husk_hypervisor::config::Share;
 use husk_hypervisor::{Hypervisor, VmConfig};
 use husk_protocols::stdio::StreamKind;
@@ -186,22 +185,6 @@ impl Drop for WorkDir {
     }
 }
 
-fn pump(mut from: UnixStream, mut to: impl Write + Send + 'static) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 64 * 1024];
-        loop {
-            match from.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if to.write_all(&buf[..n]).and_then(|()| to.flush()).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    })
-}
-
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let hv = vm::hypervisor(&args.boot)?;
     let mut cfg = vm::config(&args.boot);
@@ -340,10 +323,10 @@ pub fn execute(
             Io::Terminal { .. } => (Box::new(std::io::stdout()), Box::new(std::io::stderr())),
             Io::Discard => (Box::new(std::io::sink()), Box::new(std::io::sink())),
         };
-        let out = pump(open_stream(&vsock, id, StreamKind::Stdout, timeout)?, out);
+        let out = copy_output(open_stream(&vsock, id, StreamKind::Stdout, timeout)?, out);
         // On a terminal, stderr comes through the terminal, on stdout.
         let err = match tty {
-            false => Some(pump(
+            false => Some(copy_output(
                 open_stream(&vsock, id, StreamKind::Stderr, timeout)?,
                 err,
             )),

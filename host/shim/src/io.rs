@@ -7,7 +7,7 @@
 //! restarts: the stdout/stderr FIFOs are opened read-write, so they stay open with no reader.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::thread::JoinHandle;
@@ -157,23 +157,6 @@ pub struct Copies {
     logger: Option<std::process::Child>,
 }
 
-fn copy_out(mut from: UnixStream, mut to: File) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            match from.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if let Err(e) = to.write_all(&buf[..n]) {
-                        tracing::warn!(error = %e, "writing container output");
-                        break;
-                    }
-                }
-            }
-        }
-    })
-}
-
 /// Opens the process's streams in the guest (before it starts) and starts copying.
 /// `open` opens one stream of the process.
 pub fn attach(
@@ -206,7 +189,9 @@ pub fn attach(
             _ => target.open_output()?,
         };
         if let Some(file) = file {
-            copies.outputs.push(copy_out(open(kind)?, file));
+            copies
+                .outputs
+                .push(husk_agent_client::copy_output(open(kind)?, file));
         }
     }
     let input = match stdin {

@@ -82,6 +82,18 @@ pub fn bind(source: &Path, target: &Path) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("binding {} at {}: {e}", source.display(), target.display()))
 }
 
+/// Unmounts a container's rootfs and volumes in the pod's shared directory (`dir` is
+/// `<shared>/<id>`), and removes what was made there.
+pub fn unmount_container(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir.join("mounts")) {
+        for e in entries.flatten() {
+            unmount(&e.path());
+        }
+    }
+    unmount(&dir.join("rootfs"));
+    remove_unmounted(dir);
+}
+
 /// The mount points of this process's mount namespace (`\040`-style escapes decoded).
 fn mount_points() -> std::collections::HashSet<std::path::PathBuf> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();

@@ -93,12 +93,7 @@ impl Shim for HuskShim {
         let shared = bundle.join("shared");
         if let Ok(entries) = std::fs::read_dir(&shared) {
             for e in entries.flatten() {
-                if let Ok(volumes) = std::fs::read_dir(e.path().join("mounts")) {
-                    for v in volumes.flatten() {
-                        crate::rootfs::unmount(&v.path());
-                    }
-                }
-                crate::rootfs::unmount(&e.path().join("rootfs"));
+                crate::rootfs::unmount_container(&e.path());
             }
         }
         crate::rootfs::unmount(&shared);

@@ -322,7 +322,7 @@ impl TaskService {
         }
         .await;
         if let Err(e) = made {
-            Self::unmount_container(&pod.shared.join(&req.id));
+            rootfs::unmount_container(&pod.shared.join(&req.id));
             if self
                 .containers
                 .lock()
@@ -347,18 +347,6 @@ impl TaskService {
             init,
             execs: Mutex::new(HashMap::new()),
         }))
-    }
-
-    /// Unmounts a container's rootfs and volumes in the pod's shared directory, and removes
-    /// what it made there.
-    fn unmount_container(dir: &std::path::Path) {
-        if let Ok(entries) = std::fs::read_dir(dir.join("mounts")) {
-            for e in entries.flatten() {
-                rootfs::unmount(&e.path());
-            }
-        }
-        rootfs::unmount(&dir.join("rootfs"));
-        rootfs::remove_unmounted(dir);
     }
 
     async fn stop_pod(&self) {
@@ -569,7 +557,7 @@ impl Task for TaskService {
                 }
             }
             if let Some(dir) = c.rootfs.parent() {
-                Self::unmount_container(dir);
+                rootfs::unmount_container(dir);
             }
             let last = {
                 let mut all = self.containers.lock().unwrap_or_else(|p| p.into_inner());

@@ -159,7 +159,7 @@ impl Cgroup {
     }
 
     /// The cgroup's directory.
-    #[allow(dead_code, reason = "API the container code does not use yet")]
+    #[cfg(test)]
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -289,7 +289,7 @@ impl Cgroup {
     }
 
     /// Whether the cgroup is frozen (`frozen 1` in `cgroup.events`).
-    #[allow(dead_code, reason = "API the container code does not use yet")]
+    #[cfg(test)]
     pub fn is_frozen(&self) -> Result<bool, CgroupError> {
         self.frozen_state()?.ok_or_else(|| CgroupError::Parse {
             file: self.file(EVENTS),
@@ -1283,9 +1283,11 @@ mod tests {
         let (_root, cg) = setup("");
         let events = cg.file(EVENTS);
         let writer = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // One thread: yielding lets the waiter arm before the change.
+            tokio::task::yield_now().await;
             fs::write(&events, "populated 1\nfrozen 0\n").unwrap();
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // One thread: yielding lets the waiter arm before the change.
+            tokio::task::yield_now().await;
             fs::write(&events, "populated 1\nfrozen 1\n").unwrap();
         });
         cg.set_frozen(true, Duration::from_secs(10)).await.unwrap();
@@ -1317,10 +1319,12 @@ mod tests {
         let file = cg.file(MEMORY_EVENTS);
         write(&file, "oom 1\noom_kill 1\n");
         let writer = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // One thread: yielding lets the waiter arm before the change.
+            tokio::task::yield_now().await;
             // A change that is not an OOM kill: still waiting.
             fs::write(&file, "max 3\noom 1\noom_kill 1\n").unwrap();
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // One thread: yielding lets the waiter arm before the change.
+            tokio::task::yield_now().await;
             fs::write(&file, "max 3\noom 2\noom_kill 2\n").unwrap();
         });
         let count = tokio::time::timeout(Duration::from_secs(10), cg.wait_oom(1))
@@ -1339,7 +1343,8 @@ mod tests {
         write(&cg.file(MEMORY_EVENTS), "oom_kill 0\n");
         let path = cg.path().to_owned();
         let remover = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // One thread: yielding lets the waiter arm before the change.
+            tokio::task::yield_now().await;
             fs::remove_dir_all(path).unwrap();
         });
         let err = tokio::time::timeout(Duration::from_secs(10), cg.wait_oom(0))
