@@ -19,9 +19,11 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 install_packages() {
     # libcap-ng-dev and libseccomp-dev: to build virtiofsd (cargo install, below); runc: the
     # reference of `husk bench run`; containerd (with ctr): what the shim serves, and its tests;
-    # bsdutils: `script`, which gives `ctr run -t` a terminal in the tests.
+    # bsdutils: `script`, which gives `ctr run -t` a terminal in the tests; iproute2: pod
+    # network namespaces (the tests make them as CNI would); iputils-ping: the host end pings
+    # a pod.
     local want=(qemu-system-x86 busybox-static gcc libc6-dev libcap-ng-dev libseccomp-dev runc
-        containerd bsdutils) missing=()
+        containerd bsdutils iproute2 iputils-ping) missing=()
     for p in "${want[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
     done
@@ -65,10 +67,13 @@ build_husk() {
         cargo build -j"$JOBS" --release -p husk-init -p husk-agent --target "$GUEST_TARGET")
 }
 
-# containerd finds a shim on its PATH by name: put husk's in /usr/local/bin.
+# containerd finds a shim on its PATH by name: put husk's in /usr/local/bin, an optimised build
+# (one runs per pod; the tests use the debug build next to husk instead).
 install_shim() {
+    step "building containerd-shim-husk-v2 (release)"
+    (cd "$HUSK_ROOT" && cargo build -j"$JOBS" --release -p husk-shim)
     step "installing containerd-shim-husk-v2 in /usr/local/bin (runtime io.containerd.husk.v2)"
-    install -m 0755 "$HUSK_ROOT/target/debug/containerd-shim-husk-v2" /usr/local/bin/
+    install -m 0755 "$HUSK_ROOT/target/release/containerd-shim-husk-v2" /usr/local/bin/
 }
 
 build_images() {

@@ -12,7 +12,7 @@ pub const PROTOCOL: &str = "husk.agent.v1";
 /// Major version: a host refuses an agent with another major.
 pub const MAJOR: u32 = 1;
 /// Minor version: grows as optional fields and RPCs are added.
-pub const MINOR: u32 = 2;
+pub const MINOR: u32 = 3;
 
 /// Optional features an agent may advertise; the host uses one only when it is listed.
 pub mod capability {
@@ -36,6 +36,8 @@ pub mod capability {
     /// Several containers per sandbox: `rootfs_path` in CreateContainer, and a container whose
     /// spec asks for a pid namespace by path joins its sandbox container's (v1.2).
     pub const PODS: &str = "pods";
+    /// `interfaces` and `routes` in `CreateSandbox`: the pod's network (v1.3).
+    pub const NETWORK: &str = "network";
 }
 
 /// Where the agent mounts each virtio-fs share (`<SHARES_DIR>/<tag>`), read-write (the

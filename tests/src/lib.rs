@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 pub mod containerd;
+pub mod netns;
 
 use husk_hypervisor::{artifacts, BackendChoice, BootReport, HostPaths, Hypervisor, Vm, VmConfig};
 

@@ -516,3 +516,124 @@ fn bind_mounts_and_volumes_reach_the_container_read_only_honoured() {
     );
     cd.assert_nothing_left(&["vol1", "vol2"]);
 }
+
+#[test]
+fn a_pod_joins_its_network_namespace_through_a_tap() {
+    use husk_e2e::netns::{PodNetns, POD_IF, POD_MTU};
+    let h = Harness::new();
+    let cd = Containerd::start(&h);
+    let net = PodNetns::create(7);
+    let with_ns = format!("network:{}", net.path().display());
+    cd.ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--with-ns",
+        &with_ns,
+        IMAGE,
+        "net1",
+        "sleep",
+        "1000",
+    ]);
+    // The tap and its redirects are in place while the pod runs.
+    assert!(
+        net.ip(&["link"]).contains("husk_tap0"),
+        "{}",
+        net.ip(&["link"])
+    );
+    assert!(net
+        .tc(&["filter", "show", "dev", POD_IF, "ingress"])
+        .contains("mirred"));
+
+    // The guest's NIC is the veth's twin: address, MTU, MAC and routes.
+    let out = cd.run(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "n1",
+        "net1",
+        "sh",
+        "-c",
+        "ip -o -4 addr show eth0; cat /sys/class/net/eth0/mtu /sys/class/net/eth0/address; ip route; ip link show lo",
+    ]);
+    let seen = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{seen}{}", text(&out.stderr));
+    assert!(seen.contains(&format!("{}/24", net.address)), "{seen}");
+    assert!(seen.contains(&format!("\n{POD_MTU}\n")), "{seen}");
+    let mac = net.ip(&["-o", "link", "show", POD_IF]);
+    let mac = mac
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .expect("the veth's MAC")
+        .to_owned();
+    assert!(seen.contains(&mac), "{seen} lacks {mac}");
+    assert!(
+        seen.contains(&format!("default via {} dev eth0", net.gateway)),
+        "{seen}"
+    );
+    assert!(
+        seen.contains("state UNKNOWN") || seen.contains(",UP"),
+        "lo is down: {seen}"
+    );
+
+    // Packets flow both ways: the container reaches the host end, the host reaches the guest.
+    let out = cd.run(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "n2",
+        "net1",
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "20",
+        &net.gateway,
+    ]);
+    if out.status.code() != Some(0) {
+        let guest = cd.run(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "n3",
+            "net1",
+            "sh",
+            "-c",
+            "ip -s link show eth0; cat /proc/net/arp",
+        ]);
+        panic!(
+            "no reply from the gateway: {}\nguest: {}\nnetns: {}\n{}",
+            text(&out.stdout),
+            text(&guest.stdout),
+            net.ip(&["-s", "link"]),
+            net.tc(&["-s", "filter", "show", "dev", POD_IF, "ingress"])
+        );
+    }
+    let out = std::process::Command::new("ping")
+        .args(["-c", "1", "-W", "20", &net.address])
+        .output()
+        .expect("ping (iputils-ping)");
+    assert!(out.status.success(), "{}", text(&out.stdout));
+
+    cd.ok(&["task", "kill", "-s", "KILL", "net1"]);
+    cd.ok(&["task", "rm", "-f", "net1"]);
+    cd.ok(&["containers", "rm", "net1"]);
+    cd.assert_nothing_left(&["net1"]);
+    // The tap went with the VM and the tc rules with the pod; CNI's veth is untouched.
+    assert!(
+        !net.ip(&["link"]).contains("husk_tap"),
+        "{}",
+        net.ip(&["link"])
+    );
+    assert!(
+        !net.tc(&["qdisc", "show", "dev", POD_IF])
+            .contains("ingress"),
+        "{}",
+        net.tc(&["qdisc", "show", "dev", POD_IF])
+    );
+    assert!(net
+        .ip(&["-o", "addr", "show", POD_IF])
+        .contains(&net.address));
+}

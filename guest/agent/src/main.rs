@@ -6,6 +6,7 @@
 
 mod container;
 mod guest_info;
+mod network;
 mod rpc;
 mod sandbox;
 

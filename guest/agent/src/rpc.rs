@@ -19,6 +19,7 @@ use ttrpc::r#async::TtrpcContext;
 
 use crate::container::{ContainerError, Containers};
 use crate::guest_info;
+use crate::network::{self, NetworkError, NetworkPlan};
 use crate::sandbox::{Sandbox, SandboxError};
 
 /// Longest string field accepted in a request.
@@ -37,6 +38,11 @@ pub struct AgentService {
 
 fn container_error(e: ContainerError) -> ttrpc::Error {
     tracing::warn!(error = %e, "request refused");
+    rpc_error(e.code(), e.to_string())
+}
+
+fn network_error(e: NetworkError) -> ttrpc::Error {
+    tracing::warn!(error = %e, "network set-up refused or failed");
     rpc_error(e.code(), e.to_string())
 }
 
@@ -118,6 +124,7 @@ impl AgentService {
                 capability::CGROUPS,
                 capability::OOM_EVENTS,
                 capability::PODS,
+                capability::NETWORK,
             ]
             .map(str::to_owned)
             .to_vec(),
@@ -247,10 +254,20 @@ impl agent::Agent for AgentService {
     ) -> ttrpc::Result<Empty> {
         bounded("sandbox_id", &req.sandbox_id)?;
         bounded("hostname", &req.hostname)?;
+        let plan = NetworkPlan::parse(&req.interfaces, &req.routes).map_err(network_error)?;
         let set_hostname = |h: &str| nix::unistd::sethostname(h).map_err(std::io::Error::from);
         self.sandbox
             .create(&req, set_hostname)
             .map_err(sandbox_error)?;
+        let configured = async {
+            network::netlink::loopback_up().await?;
+            network::netlink::apply(&plan).await
+        }
+        .await;
+        if let Err(e) = configured {
+            self.sandbox.forget();
+            return Err(network_error(e));
+        }
         Ok(Empty::default())
     }
 

@@ -37,6 +37,12 @@ pub enum AgentError {
     },
     #[error("cannot set up the agent connection: {0}")]
     Io(#[from] std::io::Error),
+    #[error("the guest agent (v1.{minor}) lacks the {capability:?} capability needed to {what}: rebuild the guest image with this husk's agent (husk image build)")]
+    Lacks {
+        capability: &'static str,
+        minor: u32,
+        what: &'static str,
+    },
     #[error("opening the {kind:?} stream of {container}: {detail}")]
     Stream {
         container: String,
@@ -371,10 +377,31 @@ impl AgentClient {
         hostname: &str,
         dns: &[String],
     ) -> Result<(), AgentError> {
+        self.create_sandbox_on(id, hostname, dns, &[], &[]).await
+    }
+
+    /// Prepares the sandbox with its network: the guest's NICs (found by MAC) and routes.
+    pub async fn create_sandbox_on(
+        &self,
+        id: &str,
+        hostname: &str,
+        dns: &[String],
+        interfaces: &[agent::Interface],
+        routes: &[agent::Route],
+    ) -> Result<(), AgentError> {
+        if !(interfaces.is_empty() || self.has_capability(agent::capability::NETWORK)) {
+            return Err(AgentError::Lacks {
+                capability: agent::capability::NETWORK,
+                minor: self.handshake.minor,
+                what: "configure the pod's network",
+            });
+        }
         let req = CreateSandboxRequest {
             sandbox_id: id.to_owned(),
             hostname: hostname.to_owned(),
             dns: dns.to_vec(),
+            interfaces: interfaces.to_vec(),
+            routes: routes.to_vec(),
             ..Default::default()
         };
         self.agent

@@ -287,6 +287,18 @@ impl Config {
         }
     }
 
+    /// The kernel command-line words every VM gets: the guest's log level
+    /// (`agent.log_level`), then `hypervisor.kernel_params` (last, so they win).
+    pub fn kernel_params(&self) -> Vec<String> {
+        let mut words = vec![format!(
+            "{}={}",
+            husk_protocols::cmdline::LOG_LEVEL,
+            self.agent.log_level
+        )];
+        words.extend(self.hypervisor.kernel_params.iter().cloned());
+        words
+    }
+
     /// Every key with its effective value and source, section by section in documentation
     /// order.
     pub fn entries(&self) -> Vec<Entry> {

@@ -66,28 +66,36 @@ enum Command {
     Bench(BenchCommand),
 }
 
-/// Options shared by every command that boots a VM.
+/// Options shared by every command that boots a VM. Each one left out comes from husk's
+/// configuration (`husk env` shows it).
 #[derive(Debug, Clone, clap::Args)]
 pub struct BootArgs {
+    /// Configuration file (default: $HUSK_CONFIG, else /etc/husk/config.toml), with the
+    /// drop-ins in config.d/ beside it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Boot the debug image (busybox and a shell on the serial console).
     #[arg(long)]
     pub debug: bool,
-    /// Guest kernel (default: $HUSK_HOME/kernel/vmlinux).
+    /// Guest kernel (default: hypervisor.kernel).
     #[arg(long)]
     pub kernel: Option<PathBuf>,
-    /// Guest image (default: $HUSK_HOME/images/<default|debug>.cpio).
+    /// Guest image (default: hypervisor.image, or the debug image with --debug).
     #[arg(long)]
     pub image: Option<PathBuf>,
-    /// Back end: auto, qemu or builtin.
-    #[arg(long, default_value = "auto")]
-    pub backend: BackendChoice,
-    /// Guest memory in MiB.
-    #[arg(long, default_value_t = husk_hypervisor::config::DEFAULT_MEMORY_MIB)]
-    pub memory: u32,
-    /// Seconds to wait for the guest to report ready.
-    #[arg(long, default_value_t = 60)]
-    pub timeout: u64,
-    /// Extra kernel command-line words.
+    /// Back end: auto, qemu or builtin (default: hypervisor.backend).
+    #[arg(long)]
+    pub backend: Option<BackendChoice>,
+    /// Guest memory in MiB (default: hypervisor.memory_mib).
+    #[arg(long)]
+    pub memory: Option<u32>,
+    /// Virtual CPUs (default: hypervisor.vcpus).
+    #[arg(long)]
+    pub vcpus: Option<u32>,
+    /// Seconds to wait for the guest to report ready (default: agent.ready_timeout_secs).
+    #[arg(long)]
+    pub timeout: Option<u64>,
+    /// Extra kernel command-line words, after hypervisor.kernel_params.
     #[arg(long = "append", value_name = "WORD")]
     pub append: Vec<String>,
 }

@@ -186,8 +186,9 @@ impl Drop for WorkDir {
 }
 
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let hv = vm::hypervisor(&args.boot)?;
-    let mut cfg = vm::config(&args.boot);
+    let resolved = vm::resolve(&args.boot)?;
+    let hv = vm::hypervisor(&resolved)?;
+    let mut cfg = resolved.vm;
     // Layered images are unpacked into a work directory of this sandbox, removed at the end.
     let work = WorkDir(
         husk_hypervisor::artifacts::home()
@@ -237,13 +238,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         stdin: args.interactive,
         tty: args.tty,
     };
-    let outcome = execute(
-        hv.as_ref(),
-        &cfg,
-        &spec,
-        io,
-        Duration::from_secs(args.boot.timeout),
-    )?;
+    let outcome = execute(hv.as_ref(), &cfg, &spec, io, resolved.timeout)?;
     let code = outcome.code;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(RUN_FAILED)))
 }

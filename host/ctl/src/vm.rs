@@ -1,7 +1,7 @@
 //! `husk vm boot`: boot one VM, wait for husk-init's readiness, print the boot report and shut
 //! the VM down cleanly.
 //!
-//! Owns turning [`BootArgs`] into a VM configuration and presenting the result. Must never
+//! Owns turning [`BootArgs`] over husk's configuration into a VM configuration and presenting the result. Must never
 //! leave the VM running: the [`husk_hypervisor::Vm`] is dropped (killed, reaped, cleaned) on
 //! every path.
 
@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use husk_hypervisor::{artifacts, BootReport, ExitReport, HostPaths, Hypervisor, VmConfig};
+use husk_hypervisor::{
+    artifacts, BackendChoice, BootReport, ExitReport, HostPaths, Hypervisor, VmConfig,
+};
 use serde::Serialize;
 
 use crate::table::{ms, Table};
@@ -18,28 +20,50 @@ use crate::BootArgs;
 /// How long a guest gets to leave after a shutdown request.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// The VM configuration for these arguments.
-pub fn config(args: &BootArgs) -> VmConfig {
-    let flavour = if args.debug { "debug" } else { "default" };
-    let mut c = VmConfig::new(
-        args.kernel.clone().unwrap_or_else(artifacts::kernel),
-        args.image
-            .clone()
-            .unwrap_or_else(|| artifacts::image(flavour)),
-    );
-    c.memory_mib = args.memory;
-    c.extra_cmdline = args.append.clone();
-    c.run_root = artifacts::run_root();
-    c.log_root = artifacts::log_root();
-    c
+/// A boot's settings: the arguments over husk's configuration.
+#[derive(Debug)]
+pub struct Resolved {
+    pub vm: VmConfig,
+    pub backend: BackendChoice,
+    /// How long to wait for the guest, and for the agent.
+    pub timeout: Duration,
 }
 
-/// The hypervisor for these arguments.
-pub fn hypervisor(args: &BootArgs) -> anyhow::Result<Box<dyn Hypervisor>> {
-    Ok(husk_hypervisor::for_host(
-        args.backend,
-        &HostPaths::system(),
-    )?)
+/// Resolves these arguments against husk's configuration (`--config`, `$HUSK_CONFIG`,
+/// `/etc/husk/config.toml` and its drop-ins).
+pub fn resolve(args: &BootArgs) -> anyhow::Result<Resolved> {
+    let config = husk_config::Config::load(args.config.as_deref())?;
+    Ok(resolve_with(args, &config))
+}
+
+/// As [`resolve`], with a loaded configuration.
+pub fn resolve_with(args: &BootArgs, config: &husk_config::Config) -> Resolved {
+    let hv = &config.hypervisor;
+    let image = match (&args.image, args.debug) {
+        (Some(image), _) => image.clone(),
+        (None, true) => artifacts::image("debug"),
+        (None, false) => hv.image.clone(),
+    };
+    let mut vm = VmConfig::new(
+        args.kernel.clone().unwrap_or_else(|| hv.kernel.clone()),
+        image,
+    );
+    vm.memory_mib = args.memory.unwrap_or(hv.memory_mib);
+    vm.vcpus = args.vcpus.unwrap_or(hv.vcpus);
+    vm.extra_cmdline = config.kernel_params();
+    vm.extra_cmdline.extend(args.append.iter().cloned());
+    vm.run_root = config.runtime.run_root.clone();
+    vm.log_root = config.runtime.log_root.clone();
+    Resolved {
+        vm,
+        backend: args.backend.unwrap_or(hv.backend.into()),
+        timeout: Duration::from_secs(args.timeout.unwrap_or(config.agent.ready_timeout_secs)),
+    }
+}
+
+/// The hypervisor for a resolved boot.
+pub fn hypervisor(r: &Resolved) -> anyhow::Result<Box<dyn Hypervisor>> {
+    Ok(husk_hypervisor::for_host(r.backend, &HostPaths::system())?)
 }
 
 /// The agent's answer and when it came.
@@ -97,13 +121,13 @@ fn millis(d: Duration) -> f64 {
 }
 
 pub fn boot(args: &BootArgs, json: bool) -> anyhow::Result<ExitCode> {
-    let hv = hypervisor(args)?;
-    let cfg = config(args);
-    let mut vm = hv.boot(&cfg).context("booting the VM")?;
+    let resolved = resolve(args)?;
+    let hv = hypervisor(&resolved)?;
+    let mut vm = hv.boot(&resolved.vm).context("booting the VM")?;
     let report: BootReport = vm
-        .wait_ready(Duration::from_secs(args.timeout))
+        .wait_ready(resolved.timeout)
         .context("waiting for the guest")?;
-    let agent = agent_ready(&vm, Duration::from_secs(args.timeout))?;
+    let agent = agent_ready(&vm, resolved.timeout)?;
     let exit: ExitReport = vm
         .shutdown(SHUTDOWN_TIMEOUT)
         .context("shutting the VM down")?;

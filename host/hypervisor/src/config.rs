@@ -51,6 +51,42 @@ impl Share {
     }
 }
 
+/// A network device: a tap device the caller opened (in the pod's network namespace) and the
+/// MAC address the guest's NIC gets. The VM's hypervisor receives its own copy of the fd.
+#[derive(Debug, Clone)]
+pub struct NetDevice {
+    pub tap: std::sync::Arc<std::os::fd::OwnedFd>,
+    /// "aa:bb:cc:dd:ee:ff".
+    pub mac: String,
+}
+
+/// Most network devices one VM may have.
+pub const MAX_NICS: usize = 8;
+
+/// Checks the network devices: at most [`MAX_NICS`], each MAC of the form aa:bb:cc:dd:ee:ff.
+pub fn check_nics(nics: &[NetDevice]) -> Result<(), String> {
+    if nics.len() > MAX_NICS {
+        return Err(format!(
+            "{} network devices, over the limit of {MAX_NICS}",
+            nics.len()
+        ));
+    }
+    for n in nics {
+        let ok = n.mac.len() == 17
+            && n.mac.split(':').count() == 6
+            && n.mac
+                .split(':')
+                .all(|b| b.len() == 2 && b.bytes().all(|c| c.is_ascii_hexdigit()));
+        if !ok {
+            return Err(format!(
+                "MAC address {:?} is not of the form aa:bb:cc:dd:ee:ff",
+                n.mac
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Boot configuration of one VM.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -71,6 +107,8 @@ pub struct VmConfig {
     pub icount: bool,
     /// Host directories shared into the guest (one virtiofsd each).
     pub shares: Vec<Share>,
+    /// virtio-net devices backed by tap devices (none: the guest has only loopback).
+    pub nics: Vec<NetDevice>,
 }
 
 impl VmConfig {
@@ -87,6 +125,7 @@ impl VmConfig {
             log_root: DEFAULT_LOG_ROOT.into(),
             icount: false,
             shares: Vec::new(),
+            nics: Vec::new(),
         }
     }
 
@@ -153,6 +192,22 @@ mod tests {
             read_only: true,
         };
         assert!(missing.validate().unwrap_err().contains("does not exist"));
+    }
+
+    #[test]
+    fn nics_are_checked() {
+        let fd: std::os::fd::OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        let tap = std::sync::Arc::new(fd);
+        let nic = |mac: &str| NetDevice {
+            tap: tap.clone(),
+            mac: mac.into(),
+        };
+        assert!(check_nics(&[nic("02:00:0a:00:00:02")]).is_ok());
+        assert!(check_nics(&[nic("02:00:0a:00:00")]).is_err());
+        assert!(check_nics(&[nic("02:00:0a:00:00:0g")]).is_err());
+        assert!(check_nics(&[nic("02:00:0a:00:00:02,x=1")]).is_err());
+        let many: Vec<_> = (0..=MAX_NICS).map(|_| nic("02:00:0a:00:00:02")).collect();
+        assert!(check_nics(&many).unwrap_err().contains("limit"));
     }
 
     #[test]

@@ -52,6 +52,38 @@ pub fn die_with_parent(cmd: &mut Command) {
     }
 }
 
+/// Hands `fds` to the child at fixed numbers: `fds[i]` becomes fd `first + i` in the child
+/// (inherited across exec; every other fd of ours stays close-on-exec).
+pub fn pass_fds(cmd: &mut Command, fds: Vec<std::os::fd::RawFd>, first: std::os::fd::RawFd) {
+    if fds.is_empty() {
+        return;
+    }
+    // Parked copies, allocated here so the child allocates nothing between fork and exec.
+    let mut parked = vec![-1; fds.len()];
+    // SAFETY: the closure runs between fork and exec and makes only async-signal-safe calls
+    // (fcntl, dup2) on fds the parent holds open; it writes only into `parked`, allocated
+    // above. Copies are parked above every target first, so a source that is also a target
+    // number is never overwritten before it is copied.
+    unsafe {
+        cmd.pre_exec(move || {
+            let top = first + fds.len() as std::os::fd::RawFd;
+            for (slot, fd) in parked.iter_mut().zip(&fds) {
+                *slot = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, top);
+                if *slot < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            for (i, fd) in parked.iter().enumerate() {
+                // dup2's copy is not close-on-exec.
+                if libc::dup2(*fd, first + i as std::os::fd::RawFd) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 impl ChildProcess {
     /// Wraps a freshly spawned child.
     pub fn new(name: &'static str, mut child: Child) -> io::Result<Self> {

@@ -7,6 +7,7 @@
 
 mod io;
 mod metrics;
+mod network;
 mod pod;
 mod rootfs;
 mod shim;

@@ -1,5 +1,5 @@
-//! A pod's VM: booted from husk's configuration with the container's rootfs shared into it,
-//! held by a keeper thread for as long as the pod lives, and the connected guest agent.
+//! A pod's VM: booted from husk's configuration with the container's rootfs shared into it and
+//! its NICs joined to the pod's network namespace, held by a keeper thread for as long as the pod lives, and the connected guest agent.
 //!
 //! Owns the VM's life. Must never let the VM outlive the shim (its processes die with the
 //! keeper thread, PR_SET_PDEATHSIG) nor boot on a thread that may exit while it runs (tokio's
@@ -12,7 +12,9 @@ use std::time::Duration;
 use anyhow::Context;
 use husk_agent_client::AgentClient;
 use husk_config::Config;
-use husk_hypervisor::config::Share;
+
+use crate::network::{self, PodNetwork};
+use husk_hypervisor::config::{NetDevice, Share};
 use husk_hypervisor::{HostPaths, VmConfig};
 
 /// virtio-fs tag of the pod's share, which holds every container's rootfs (`<id>/rootfs`).
@@ -31,6 +33,8 @@ pub struct Pod {
     pub serial_log: PathBuf,
     /// The host directory shared into the VM as [`POD_TAG`].
     pub shared: PathBuf,
+    /// The pod's network attachment, undone at shutdown.
+    network: Option<network::Record>,
     stop: std::sync::Mutex<Option<mpsc::Sender<()>>>,
     keeper: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -52,11 +56,37 @@ struct Booted {
 }
 
 impl Pod {
-    /// Boots a VM sharing `shared` (made a shared mount here) as [`POD_TAG`], waits
-    /// for its init, connects to its agent and makes the sandbox `sandbox_id`.
-    pub async fn boot(config: &Config, shared: &Path, sandbox_id: &str) -> anyhow::Result<Self> {
+    /// Boots a VM sharing `shared` (made a shared mount here) as [`POD_TAG`], attached to the
+    /// network namespace `netns` when the spec names one, waits for its init, connects to its
+    /// agent and makes the sandbox `sandbox_id`.
+    pub async fn boot(
+        config: &Config,
+        shared: &Path,
+        sandbox_id: &str,
+        netns: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         crate::rootfs::make_shared_dir(shared)?;
-        match Self::boot_on(config, shared, sandbox_id).await {
+        let net = match netns {
+            Some(ns) => network::attach(ns).await,
+            None => Ok(None),
+        };
+        let booted = match net {
+            Ok(net) => {
+                let record = net.as_ref().map(|n| n.record.clone());
+                if let Some(r) = &record {
+                    if let Some(bundle) = shared.parent() {
+                        network::save(bundle, r)?;
+                    }
+                }
+                let booted = Self::boot_on(config, shared, sandbox_id, net).await;
+                if let (Err(_), Some(r)) = (&booted, &record) {
+                    network::detach(r).await;
+                }
+                booted
+            }
+            Err(e) => Err(e),
+        };
+        match booted {
             Ok(p) => Ok(p),
             Err(e) => {
                 crate::rootfs::unmount(shared);
@@ -66,13 +96,18 @@ impl Pod {
         }
     }
 
-    async fn boot_on(config: &Config, shared: &Path, sandbox_id: &str) -> anyhow::Result<Self> {
+    async fn boot_on(
+        config: &Config,
+        shared: &Path,
+        sandbox_id: &str,
+        net: Option<PodNetwork>,
+    ) -> anyhow::Result<Self> {
         let hv = husk_hypervisor::for_host(config.hypervisor.backend.into(), &HostPaths::system())
             .context("choosing the hypervisor")?;
         let mut cfg = VmConfig::new(&config.hypervisor.kernel, &config.hypervisor.image);
         cfg.memory_mib = config.hypervisor.memory_mib;
         cfg.vcpus = config.hypervisor.vcpus;
-        cfg.extra_cmdline = config.hypervisor.kernel_params.clone();
+        cfg.extra_cmdline = config.kernel_params();
         cfg.run_root = config.runtime.run_root.clone();
         cfg.log_root = config.runtime.log_root.clone();
         cfg.shares.push(Share {
@@ -81,6 +116,17 @@ impl Pod {
             // Writable for volumes; rootfs directories are only an overlay's lower layer.
             read_only: false,
         });
+        if let Some(net) = &net {
+            cfg.nics = net
+                .taps
+                .iter()
+                .zip(&net.record.joined)
+                .map(|(tap, j)| NetDevice {
+                    tap: tap.clone(),
+                    mac: j.mac.clone(),
+                })
+                .collect();
+        }
         let ready_timeout = config.agent.ready_timeout();
         let (booted_tx, booted_rx) = tokio::sync::oneshot::channel::<anyhow::Result<Booted>>();
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
@@ -119,8 +165,12 @@ impl Pod {
         let agent = AgentClient::connect(&booted.vsock, config.agent.dial_timeout())
             .await
             .context("connecting to the guest agent")?;
+        let (interfaces, routes) = net
+            .as_ref()
+            .map(|n| (n.interfaces.clone(), n.routes.clone()))
+            .unwrap_or_default();
         agent
-            .create_sandbox(sandbox_id, "", &[])
+            .create_sandbox_on(sandbox_id, "", &[], &interfaces, &routes)
             .await
             .context("creating the sandbox in the guest")?;
         tracing::info!(vm = %booted.id, sandbox = sandbox_id, "pod VM ready");
@@ -131,6 +181,7 @@ impl Pod {
             vm_pids: booted.pids,
             serial_log: booted.serial_log,
             shared: shared.to_owned(),
+            network: net.map(|n| n.record),
             stop: std::sync::Mutex::new(Some(stop_tx)),
             keeper: std::sync::Mutex::new(Some(keeper)),
         })
@@ -185,6 +236,12 @@ impl Pod {
         let keeper = self.keeper.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(keeper) = keeper {
             let _ = tokio::task::spawn_blocking(move || keeper.join()).await;
+            if let Some(record) = &self.network {
+                network::detach(record).await;
+                if let Some(bundle) = self.shared.parent() {
+                    let _ = std::fs::remove_file(network::record_path(bundle));
+                }
+            }
             crate::rootfs::unmount(&self.shared);
             crate::rootfs::remove_unmounted(&self.shared);
         }

@@ -295,7 +295,13 @@ impl TaskService {
             match slot.as_ref() {
                 Some(p) => p.clone(),
                 None => {
-                    let pod = Arc::new(Pod::boot(config, &bundle.join("shared"), &sandbox).await?);
+                    let netns = serde_json::from_str(&spec)
+                        .ok()
+                        .and_then(|s| crate::network::netns_path(&s));
+                    let pod = Arc::new(
+                        Pod::boot(config, &bundle.join("shared"), &sandbox, netns.as_deref())
+                            .await?,
+                    );
                     *slot = Some(pod.clone());
                     self.watch_oom(pod.clone());
                     pod

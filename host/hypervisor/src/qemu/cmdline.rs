@@ -1,6 +1,7 @@
 //! The QEMU command line for a husk VM: `-M microvm` without ACPI, shared memfd guest memory
 //! (vhost-user back ends need it; without it QEMU boots with a dead device and exits 0), the
-//! serial console on stdio, husk's vhost-user vsock device and a virtio-rng device.
+//! serial console on stdio, husk's vhost-user vsock device, a virtio-rng device, virtio-fs
+//! devices and virtio-net devices on tap fds the caller passes.
 //!
 //! Owns argument construction only: pure functions, unit-tested. Must never spawn anything.
 
@@ -24,6 +25,8 @@ pub struct QemuArgs<'a> {
     pub qmp_socket: &'a Path,
     /// virtio-fs devices: (tag, virtiofsd socket).
     pub shares: &'a [(String, PathBuf)],
+    /// virtio-net devices: (the tap fd's number in QEMU, MAC address).
+    pub nics: &'a [(i32, String)],
 }
 
 /// The guest kernel command line: serial console, leave on reset (the VM has no ACPI power-off:
@@ -118,6 +121,14 @@ pub fn argv(a: &QemuArgs<'_>) -> Vec<OsString> {
             format!("vhost-user-fs-device,chardev=fs{i},tag={tag}").into(),
         ]);
     }
+    for (i, (fd, mac)) in a.nics.iter().enumerate() {
+        v.extend([
+            "-netdev".into(),
+            format!("tap,id=net{i},fd={fd}").into(),
+            "-device".into(),
+            format!("virtio-net-device,netdev=net{i},mac={mac}").into(),
+        ]);
+    }
     let mut qmp = OsString::from("unix:");
     qmp.push(a.qmp_socket);
     qmp.push(",server=on,wait=off");
@@ -142,6 +153,7 @@ mod tests {
             vhost_vsock_socket: Path::new("/run/x/vhost-vsock.sock"),
             qmp_socket: Path::new("/run/x/qmp.sock"),
             shares: &[("rootfs".to_owned(), PathBuf::from("/run/x/fs-rootfs.sock"))],
+            nics: &[(3, "02:00:0a:00:00:02".to_owned())],
         };
         argv(&a)
             .into_iter()
@@ -159,6 +171,8 @@ mod tests {
         assert!(v.contains(&"socket,id=vsock,path=/run/x/vhost-vsock.sock".to_owned()));
         assert!(v.contains(&"socket,id=fs0,path=/run/x/fs-rootfs.sock".to_owned()));
         assert!(v.contains(&"vhost-user-fs-device,chardev=fs0,tag=rootfs".to_owned()));
+        assert!(v.contains(&"tap,id=net0,fd=3".to_owned()));
+        assert!(v.contains(&"virtio-net-device,netdev=net0,mac=02:00:0a:00:00:02".to_owned()));
     }
 
     #[test]

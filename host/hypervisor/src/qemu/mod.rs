@@ -8,6 +8,7 @@
 mod cmdline;
 mod qmp;
 
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -20,7 +21,7 @@ use crate::boot_files;
 use crate::config::VmConfig;
 use crate::error::VmError;
 use crate::host_probe::{self, HostPaths};
-use crate::process::{die_with_parent, ChildProcess};
+use crate::process::{die_with_parent, pass_fds, ChildProcess};
 use crate::run_dir::RunDir;
 use crate::serial::Serial;
 use crate::vm::{listener_path, Machine, Vm, VmParts};
@@ -32,6 +33,8 @@ pub use cmdline::kernel_cmdline;
 const BACKEND_START: Duration = Duration::from_secs(10);
 /// QMP command timeout.
 const QMP_TIMEOUT: Duration = Duration::from_secs(5);
+/// QEMU's fd number for the first tap device (0-2 are its stdio).
+const FIRST_NIC_FD: i32 = 3;
 
 /// The QEMU back end, configured for this host.
 #[derive(Debug, Clone)]
@@ -196,6 +199,7 @@ impl Hypervisor for QemuBackend {
         for share in &config.shares {
             share.validate().map_err(VmError::BadShare)?;
         }
+        crate::config::check_nics(&config.nics).map_err(VmError::BadNic)?;
 
         let log_dir = config.log_dir();
         // Removed again on every early return below (and by the Vm once it owns it).
@@ -253,6 +257,13 @@ impl Hypervisor for QemuBackend {
             shares.push((share.tag.clone(), socket));
         }
 
+        // Each tap fd is QEMU's fd FIRST_NIC_FD + i.
+        let nics: Vec<(i32, String)> = config
+            .nics
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (FIRST_NIC_FD + i as i32, n.mac.clone()))
+            .collect();
         let cmdline = kernel_cmdline(
             if config.icount { None } else { self.tsc_khz },
             &config.extra_cmdline,
@@ -269,11 +280,17 @@ impl Hypervisor for QemuBackend {
             vhost_vsock_socket: &vhost_socket,
             qmp_socket: &qmp_socket,
             shares: &shares,
+            nics: &nics,
         };
         let qemu_log = log_dir.join("qemu.log");
         let launched_at = Instant::now();
         let mut cmd = Command::new(&self.plan.qemu);
         die_with_parent(&mut cmd);
+        pass_fds(
+            &mut cmd,
+            config.nics.iter().map(|n| n.tap.as_raw_fd()).collect(),
+            FIRST_NIC_FD,
+        );
         let mut child = cmd
             .args(cmdline::argv(&args))
             .stdin(Stdio::piped())
