@@ -76,6 +76,23 @@ install_shim() {
     install -m 0755 "$HUSK_ROOT/target/release/containerd-shim-husk-v2" /usr/local/bin/
 }
 
+# husk's configuration (docs/config.md): an /etc/husk/config.toml that lists every key with its
+# default, all commented out, so an operator sees what can be set; an existing file is kept.
+install_config() {
+    local file=/etc/husk/config.toml
+    mkdir -p /etc/husk/config.d
+    if [[ -e $file ]]; then
+        step "keeping $file (husk env shows the effective configuration)"
+        return
+    fi
+    step "writing $file (every key at its default, commented out; see docs/config.md)"
+    { echo "# husk's configuration: uncomment and change a key to set it (docs/config.md)."
+      echo "# Drop-ins in /etc/husk/config.d/*.toml override this file."
+      "$HUSK" env --config /dev/null | sed -e '/^# /d' -e 's/^\([^#]\)/# \1/'
+    } >"$file.tmp"
+    mv "$file.tmp" "$file"
+}
+
 build_images() {
     step "building guest images (default and debug)"
     "$HUSK" image build --init "$HUSK_INIT" --agent "$HUSK_AGENT"

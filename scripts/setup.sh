@@ -6,6 +6,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 prepare_all
 install_shim
+install_config
 step "husk check"
 "$HUSK" check
 step "husk image busybox (a container image from Debian's busybox-static; no registry needed)"
