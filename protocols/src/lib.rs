@@ -13,6 +13,7 @@ pub mod frame;
 mod generated;
 pub mod health;
 pub mod init;
+pub mod mac;
 pub mod manifest;
 pub mod ports;
 pub mod stdio;

@@ -72,12 +72,7 @@ pub fn check_nics(nics: &[NetDevice]) -> Result<(), String> {
         ));
     }
     for n in nics {
-        let ok = n.mac.len() == 17
-            && n.mac.split(':').count() == 6
-            && n.mac
-                .split(':')
-                .all(|b| b.len() == 2 && b.bytes().all(|c| c.is_ascii_hexdigit()));
-        if !ok {
+        if husk_protocols::mac::parse(&n.mac).is_none() {
             return Err(format!(
                 "MAC address {:?} is not of the form aa:bb:cc:dd:ee:ff",
                 n.mac

@@ -66,34 +66,39 @@ impl Pod {
         netns: Option<&Path>,
     ) -> anyhow::Result<Self> {
         crate::rootfs::make_shared_dir(shared)?;
-        let net = match netns {
-            Some(ns) => network::attach(ns).await,
-            None => Ok(None),
-        };
-        let booted = match net {
-            Ok(net) => {
-                let record = net.as_ref().map(|n| n.record.clone());
-                if let Some(r) = &record {
-                    if let Some(bundle) = shared.parent() {
-                        network::save(bundle, r)?;
-                    }
-                }
-                let booted = Self::boot_on(config, shared, sandbox_id, net).await;
-                if let (Err(_), Some(r)) = (&booted, &record) {
-                    network::detach(r).await;
-                }
-                booted
-            }
-            Err(e) => Err(e),
-        };
-        match booted {
-            Ok(p) => Ok(p),
-            Err(e) => {
-                crate::rootfs::unmount(shared);
-                crate::rootfs::remove_unmounted(shared);
-                Err(e)
-            }
+        let booted = Self::attach_and_boot(config, shared, sandbox_id, netns).await;
+        if booted.is_err() {
+            crate::rootfs::unmount(shared);
+            crate::rootfs::remove_unmounted(shared);
         }
+        booted
+    }
+
+    /// Attaches the pod's network (recorded in the bundle for `delete`), then boots; a failed
+    /// boot detaches it again.
+    async fn attach_and_boot(
+        config: &Config,
+        shared: &Path,
+        sandbox_id: &str,
+        netns: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        let net = match netns {
+            Some(ns) => network::attach(ns).await?,
+            None => None,
+        };
+        let record = net.as_ref().map(|n| n.record.clone());
+        let bundle = shared.parent().unwrap_or(shared);
+        let booted = async {
+            if let Some(r) = &record {
+                network::save(bundle, r)?;
+            }
+            Self::boot_on(config, shared, sandbox_id, net).await
+        }
+        .await;
+        if let (Err(_), Some(r)) = (&booted, &record) {
+            network::forget(bundle, r).await;
+        }
+        booted
     }
 
     async fn boot_on(
@@ -237,10 +242,7 @@ impl Pod {
         if let Some(keeper) = keeper {
             let _ = tokio::task::spawn_blocking(move || keeper.join()).await;
             if let Some(record) = &self.network {
-                network::detach(record).await;
-                if let Some(bundle) = self.shared.parent() {
-                    let _ = std::fs::remove_file(network::record_path(bundle));
-                }
+                network::forget(self.shared.parent().unwrap_or(&self.shared), record).await;
             }
             crate::rootfs::unmount(&self.shared);
             crate::rootfs::remove_unmounted(&self.shared);

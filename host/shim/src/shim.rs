@@ -100,8 +100,7 @@ impl Shim for HuskShim {
         crate::rootfs::remove_unmounted(&shared);
         // Its tc rules on the pod's veth (the tap went with the VM).
         if let Some(record) = crate::network::load(&bundle) {
-            crate::network::detach(&record).await;
-            let _ = std::fs::remove_file(crate::network::record_path(&bundle));
+            crate::network::forget(&bundle, &record).await;
         }
         if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
             if let Some(path) = socket_path(address.trim()) {

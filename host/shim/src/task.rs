@@ -288,6 +288,8 @@ impl TaskService {
         let bundle = PathBuf::from(&req.bundle);
         let spec = std::fs::read_to_string(bundle.join("config.json"))
             .map_err(|e| anyhow::anyhow!("reading {}/config.json: {e}", bundle.display()))?;
+        let mut spec: serde_json::Value = serde_json::from_str(&spec)
+            .map_err(|e| anyhow::anyhow!("{}/config.json: {e}", bundle.display()))?;
         let sandbox = crate::shim::grouping(&bundle, &req.id);
         let pod = {
             // Held while booting: two creates in one pod never boot two VMs.
@@ -295,9 +297,7 @@ impl TaskService {
             match slot.as_ref() {
                 Some(p) => p.clone(),
                 None => {
-                    let netns = serde_json::from_str(&spec)
-                        .ok()
-                        .and_then(|s| crate::network::netns_path(&s));
+                    let netns = crate::network::netns_path(&spec);
                     let pod = Arc::new(
                         Pod::boot(config, &bundle.join("shared"), &sandbox, netns.as_deref())
                             .await?,
@@ -317,8 +317,6 @@ impl TaskService {
                 rootfs::bind(&bundle.join("rootfs"), &target)?;
             }
             // Volumes and other host bind mounts reach the guest through the pod's share.
-            let mut spec: serde_json::Value = serde_json::from_str(&spec)
-                .map_err(|e| anyhow::anyhow!("{}/config.json: {e}", bundle.display()))?;
             let guest_dir = format!("{SHARES_DIR}/{POD_TAG}/{}/mounts", req.id);
             rootfs::share_volumes(&mut spec, &volumes, &guest_dir)?;
             pod.agent

@@ -94,28 +94,6 @@ fn valid_ifname(name: &str) -> bool {
             .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
 }
 
-/// Parses "aa:bb:cc:dd:ee:ff".
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for byte in &mut mac {
-        let p = parts.next()?;
-        if p.len() != 2 {
-            return None;
-        }
-        *byte = u8::from_str_radix(p, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
-
-/// "aa:bb:cc:dd:ee:ff".
-pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 /// Parses "10.0.0.2/24" or "fd00::2/64", the prefix within the family's bounds.
 pub fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
     let (addr, prefix) = s.split_once('/')?;
@@ -158,7 +136,7 @@ impl NetworkPlan {
                     clip(&i.name)
                 )));
             }
-            let mac = parse_mac(&i.mac).ok_or_else(|| {
+            let mac = husk_protocols::mac::parse(&i.mac).ok_or_else(|| {
                 invalid(format!(
                     "interface {:?}: MAC address {:?} is not of the form aa:bb:cc:dd:ee:ff",
                     i.name,

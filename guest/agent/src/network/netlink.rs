@@ -84,7 +84,7 @@ pub async fn apply(plan: &NetworkPlan) -> Result<(), NetworkError> {
             .map(|l| l.header.index)
             .ok_or_else(|| NetworkError::NoDevice {
                 name: nic.name.clone(),
-                mac: super::format_mac(&nic.mac),
+                mac: husk_protocols::mac::format(&nic.mac),
             })?;
         // A device is renamed only while down.
         handle

@@ -74,13 +74,6 @@ pub struct PodNetwork {
     pub routes: Vec<Route>,
 }
 
-fn format_mac(mac: &[u8]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 fn attr_name(link: &LinkMessage) -> Option<&str> {
     link.attributes.iter().find_map(|a| match a {
         LinkAttribute::IfName(n) => Some(n.as_str()),
@@ -256,7 +249,7 @@ pub async fn attach(netns: &Path) -> anyhow::Result<Option<PodNetwork>> {
                     .attributes
                     .iter()
                     .find_map(|a| match a {
-                        LinkAttribute::Address(m) => Some(format_mac(m)),
+                        LinkAttribute::Address(m) => Some(husk_protocols::mac::format(m)),
                         _ => None,
                     })
                     .unwrap_or_default();
@@ -346,7 +339,7 @@ pub async fn attach(netns: &Path) -> anyhow::Result<Option<PodNetwork>> {
 
 /// Removes the tc rules an attachment added on the veths (the taps vanish with their fds).
 /// A namespace already gone (CNI tore it down) leaves nothing to do.
-pub async fn detach(record: &Record) {
+async fn detach(record: &Record) {
     if !record.netns.exists() {
         return;
     }
@@ -386,8 +379,14 @@ pub async fn detach(record: &Record) {
     }
 }
 
+/// Detaches and removes the record saved in `bundle`.
+pub async fn forget(bundle: &Path, record: &Record) {
+    detach(record).await;
+    let _ = std::fs::remove_file(record_path(bundle));
+}
+
 /// Where an attachment is recorded in the pod's first bundle.
-pub fn record_path(bundle: &Path) -> PathBuf {
+fn record_path(bundle: &Path) -> PathBuf {
     bundle.join("network.json")
 }
 
@@ -422,7 +421,6 @@ mod tests {
     #[test]
     fn names_and_addresses() {
         assert_eq!(tap_name(0), "husk_tap0");
-        assert_eq!(format_mac(&[2, 0, 0xa, 0, 0, 0xff]), "02:00:0a:00:00:ff");
         assert!(link_local(&"fe80::1".parse().unwrap()));
         assert!(!link_local(&"fd00::1".parse().unwrap()));
         assert!(!link_local(&"10.0.0.1".parse().unwrap()));
