@@ -1,0 +1,1 @@
+//! Builds a VM from a [`crate::vmm`] configuration (stub).

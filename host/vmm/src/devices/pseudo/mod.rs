@@ -1,0 +1,1 @@
+//! Pseudo devices: the boot timer (stub).

@@ -1,0 +1,1 @@
+//! virtio-fs: a vhost-user front end to virtiofsd (stub).

@@ -1,0 +1,1 @@
+//! The seccomp filters the VMM threads run under after setup (stub).

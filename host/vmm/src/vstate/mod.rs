@@ -1,0 +1,1 @@
+//! KVM state: the VM fd, guest memory, vCPUs (stub).
