@@ -39,12 +39,6 @@ install_packages() {
 
 install_tools() {
     command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (rustup) first"
-    if ! command -v vhost-device-vsock >/dev/null; then
-        step "installing vhost-device-vsock (the vhost-user vsock back end QEMU uses; ~2 min)"
-        cargo install --locked -j"$JOBS" vhost-device-vsock
-    else
-        step "vhost-device-vsock present: $(command -v vhost-device-vsock)"
-    fi
     if ! command -v virtiofsd >/dev/null; then
         step "installing virtiofsd (shares host directories into the guest; ~2 min)"
         cargo install --locked -j"$JOBS" virtiofsd
@@ -68,12 +62,22 @@ build_husk() {
 }
 
 # containerd finds a shim on its PATH by name: put husk's in /usr/local/bin, an optimised build
-# (one runs per pod; the tests use the debug build next to husk instead).
+# (one runs per pod; the tests use the debug build next to husk instead), with the vhost-user
+# device back end the shim starts beside it for QEMU.
 install_shim() {
-    step "building containerd-shim-husk-v2 (release)"
-    (cd "$HUSK_ROOT" && cargo build -j"$JOBS" --release -p husk-shim)
-    step "installing containerd-shim-husk-v2 in /usr/local/bin (runtime io.containerd.husk.v2)"
-    install -m 0755 "$HUSK_ROOT/target/release/containerd-shim-husk-v2" /usr/local/bin/
+    step "building containerd-shim-husk-v2 and husk-vhost-user (release)"
+    (cd "$HUSK_ROOT" && cargo build -j"$JOBS" --release -p husk-shim -p husk-vmm --bin husk-vhost-user)
+    step "installing containerd-shim-husk-v2 (runtime io.containerd.husk.v2) and husk-vhost-user in /usr/local/bin"
+    install -m 0755 "$HUSK_ROOT/target/release/containerd-shim-husk-v2" \
+        "$HUSK_ROOT/target/release/husk-vhost-user" /usr/local/bin/
+}
+
+# The reference vsock back end for `scripts/bench-vsock.sh` only (husk itself uses its own).
+install_reference_vsock() {
+    if ! command -v vhost-device-vsock >/dev/null; then
+        step "installing vhost-device-vsock (the reference for the vsock benchmark; ~2 min)"
+        cargo install --locked -j"$JOBS" vhost-device-vsock
+    fi
 }
 
 # husk's configuration (docs/config.md): an /etc/husk/config.toml that lists every key with its

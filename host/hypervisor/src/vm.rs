@@ -6,10 +6,9 @@
 //! trust the guest: frames are bounded, the protocol version is checked, and a guest that never
 //! answers is a timeout with its last serial lines, not a hang.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -25,17 +24,22 @@ use crate::serial::Serial;
 /// Lines of serial output quoted in errors.
 pub const ERROR_LINES: usize = 15;
 
-/// Back-end specific processes of a running VM.
+/// What a back end runs a VM with: processes (QEMU and its helpers) or in-process threads (the
+/// builtin VMM).
 pub trait Machine: std::fmt::Debug + Send {
-    /// The process whose exit means the VM has ended.
-    fn main_process(&mut self) -> &mut crate::process::ChildProcess;
+    /// Becomes readable once the VM has ended (QEMU's pidfd, the builtin VMM's exit eventfd).
+    fn exit_fd(&self) -> BorrowedFd<'_>;
+    /// How the VM ended, if it has.
+    fn try_exit(&mut self) -> Option<String>;
+    /// Waits up to `timeout` for the VM to end; how it ended.
+    fn wait_exit(&mut self, timeout: Duration) -> Option<String>;
     /// Pauses the vCPUs.
     fn pause(&mut self) -> Result<(), VmError>;
     /// Resumes the vCPUs.
     fn resume(&mut self) -> Result<(), VmError>;
     /// Kills and reaps every process of the VM.
     fn kill(&mut self);
-    /// Pids of every process the back end started for this VM.
+    /// Pids of every process the back end started for this VM (none for the builtin VMM).
     fn pids(&self) -> Vec<u32>;
     /// The tail of the back end's own log, if it wrote anything (for error reports).
     fn diagnostics(&self) -> Option<String>;
@@ -92,10 +96,6 @@ pub struct VmParts {
     pub init_listener: UnixListener,
 }
 
-fn exit_string(s: Option<ExitStatus>) -> String {
-    s.map(|s| s.to_string())
-        .unwrap_or_else(|| "unknown status".into())
-}
 
 impl Vm {
     pub fn from_parts(p: VmParts) -> Self {
@@ -154,7 +154,7 @@ impl Vm {
 
     /// The error that explains an ended VM: a panic, or an exit.
     fn ended(&mut self) -> VmError {
-        let status = self.machine.main_process().try_status();
+        let status = self.machine.try_exit();
         // The console closes when the process exits; give the reader a moment to drain it.
         self.serial.wait_closed(Duration::from_secs(2));
         let last_lines = self.serial.last_lines(ERROR_LINES);
@@ -164,7 +164,7 @@ impl Vm {
                 last_lines,
             },
             None => VmError::GuestExited {
-                status: exit_string(status),
+                status: status.unwrap_or_else(|| "unknown status".into()),
                 backend_log: self.machine.diagnostics(),
                 last_lines,
             },
@@ -189,10 +189,9 @@ impl Vm {
                 });
             }
             let (conn_ready, exited) = {
-                let main = self.machine.main_process();
                 let mut fds = [
                     PollFd::new(listener.as_fd(), PollFlags::POLLIN),
-                    PollFd::new(main.pidfd(), PollFlags::POLLIN),
+                    PollFd::new(self.machine.exit_fd(), PollFlags::POLLIN),
                 ];
                 match poll(
                     &mut fds,
@@ -241,8 +240,7 @@ impl Vm {
                 Err(FrameError::Closed) => {
                     if self
                         .machine
-                        .main_process()
-                        .wait_timeout(Duration::from_secs(2))
+                        .wait_exit(Duration::from_secs(2))
                         .is_some()
                     {
                         return Err(self.ended());
@@ -299,11 +297,11 @@ impl Vm {
         if let Err(e) = write_frame(control, &msg) {
             tracing::warn!(vm = %self.id, error = %e, "cannot send shutdown; killing the VM");
         }
-        match self.machine.main_process().wait_timeout(timeout) {
+        match self.machine.wait_exit(timeout) {
             Some(status) => {
                 self.machine.kill();
                 Ok(ExitReport {
-                    status: status.to_string(),
+                    status,
                     took: start.elapsed(),
                 })
             }
@@ -319,10 +317,16 @@ impl Vm {
 
     /// Waits up to `timeout` for the VM to end by itself; returns how it ended.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<String> {
+        self.machine.wait_exit(timeout)
+    }
+
+    /// A descriptor that becomes readable once the VM has ended, for callers that watch it
+    /// from an event loop (the shim).
+    pub fn exit_watch(&self) -> Result<OwnedFd, VmError> {
         self.machine
-            .main_process()
-            .wait_timeout(timeout)
-            .map(|s| s.to_string())
+            .exit_fd()
+            .try_clone_to_owned()
+            .map_err(VmError::io("duplicating the VM's exit descriptor"))
     }
 
     /// The error describing why the VM ended, once it has (panic or exit, with serial lines).

@@ -27,8 +27,11 @@ pub struct Pod {
     pub agent: AgentClient,
     pub vsock: PathBuf,
     pub id: String,
-    /// The pids of the VM's host processes (hypervisor, device back ends).
+    /// The pids of the VM's host processes (hypervisor, device back ends); none when the VM
+    /// runs in this process (the builtin VMM).
     pub vm_pids: Vec<u32>,
+    /// Readable once the VM has ended.
+    vm_exit: std::os::fd::OwnedFd,
     /// The VM's serial console log.
     pub serial_log: PathBuf,
     /// The host directory shared into the VM as [`POD_TAG`].
@@ -53,6 +56,7 @@ struct Booted {
     serial_log: PathBuf,
     vsock: PathBuf,
     pids: Vec<u32>,
+    exit: std::os::fd::OwnedFd,
 }
 
 impl Pod {
@@ -150,11 +154,19 @@ impl Pod {
                         booted_tx.send(Err(anyhow::Error::new(e).context("waiting for the guest")));
                     return;
                 }
+                let exit = match vm.exit_watch() {
+                    Ok(fd) => fd,
+                    Err(e) => {
+                        let _ = booted_tx.send(Err(e.into()));
+                        return;
+                    }
+                };
                 let booted = Booted {
                     id: cfg.id.clone(),
                     serial_log: cfg.log_dir().join("serial.log"),
                     vsock: vm.vsock_path().to_owned(),
                     pids: vm.pids(),
+                    exit,
                 };
                 if booted_tx.send(Ok(booted)).is_err() {
                     return;
@@ -184,6 +196,7 @@ impl Pod {
             vsock: booted.vsock,
             id: booted.id,
             vm_pids: booted.pids,
+            vm_exit: booted.exit,
             serial_log: booted.serial_log,
             shared: shared.to_owned(),
             network: net.map(|n| n.record),
@@ -202,33 +215,32 @@ impl Pod {
             .collect()
     }
 
-    /// Whether the VM's processes still run.
+    /// Whether the VM still runs.
     pub fn vm_running(&self) -> bool {
-        self.vm_pids
-            .iter()
-            .all(|p| Path::new(&format!("/proc/{p}")).exists())
+        use std::os::fd::AsFd;
+        let mut fds = [nix::poll::PollFd::new(
+            self.vm_exit.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        !matches!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO), Ok(n) if n > 0)
     }
 
-    /// Resolves when the VM's hypervisor process has exited (a pidfd becomes readable), at
-    /// once if it cannot be watched.
+    /// Resolves when the VM has ended (its exit descriptor becomes readable), at once if it
+    /// cannot be watched.
     pub async fn vm_exited(&self) {
-        use std::os::fd::FromRawFd;
-        let Some(&pid) = self.vm_pids.first() else {
-            return;
+        let fd = match self.vm_exit.try_clone() {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the VM");
+                return;
+            }
         };
-        // SAFETY: pidfd_open(2) with a pid and no flags; a non-negative result is a new fd.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-        if fd < 0 {
-            return;
-        }
-        // SAFETY: `fd` was just returned by pidfd_open and is owned by nothing else.
-        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as libc::c_int) };
         // SAFETY: the `OwnedFd` moves into the `AsyncFd`, which alone closes it.
         match unsafe { tokio::io::unix::AsyncFd::register(fd) } {
             Ok(afd) => {
                 let _ = afd.readable().await;
             }
-            Err(e) => tracing::warn!(error = %e, "cannot watch the VM's process"),
+            Err(e) => tracing::warn!(error = %e, "cannot watch the VM"),
         }
     }
 

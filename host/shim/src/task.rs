@@ -343,7 +343,8 @@ impl TaskService {
             [req.stdin.clone(), req.stdout.clone(), req.stderr.clone()],
         ));
         *init.pid.lock().unwrap_or_else(|p| p.into_inner()) =
-            pod.vm_pids.first().copied().unwrap_or(0);
+            // The hypervisor's pid, or the shim's own when the VM runs in it (as Kata reports).
+            pod.vm_pids.first().copied().unwrap_or_else(std::process::id);
         Ok(Arc::new(Container {
             id: req.id.clone(),
             bundle,

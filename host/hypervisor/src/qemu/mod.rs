@@ -82,8 +82,16 @@ struct QemuMachine {
 }
 
 impl Machine for QemuMachine {
-    fn main_process(&mut self) -> &mut ChildProcess {
-        &mut self.qemu
+    fn exit_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.qemu.pidfd()
+    }
+
+    fn try_exit(&mut self) -> Option<String> {
+        self.qemu.try_status().map(|s| s.to_string())
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> Option<String> {
+        self.qemu.wait_timeout(timeout).map(|s| s.to_string())
     }
 
     fn pause(&mut self) -> Result<(), VmError> {
