@@ -12,6 +12,21 @@ pub const LOG_LEVEL: &str = "husk.log";
 /// N instead of its own, so a test can check that the host refuses an agent of another major.
 pub const AGENT_CLAIM_MAJOR: &str = "husk.agent.claim_major";
 
+/// The builtin VMM's boot-timer register (`husk.boot_timer=0xc0000000`): husk-init writes
+/// [`BOOT_TIMER_MAGIC`] there through /dev/mem when it is ready, so boot time is measured from
+/// inside the guest (Firecracker's boot timer). Absent under QEMU.
+pub const BOOT_TIMER: &str = "husk.boot_timer";
+
+/// The byte that marks "guest booted" on the boot timer.
+pub const BOOT_TIMER_MAGIC: u8 = 123;
+
+/// Parses a [`BOOT_TIMER`] value: a page-aligned hexadecimal address (`0x...`).
+pub fn parse_boot_timer(value: &str) -> Option<u64> {
+    let hex = value.strip_prefix("0x")?;
+    let addr = u64::from_str_radix(hex, 16).ok()?;
+    (addr % 4096 == 0 && addr != 0).then_some(addr)
+}
+
 /// Default guest hostname when the host gives none.
 pub const DEFAULT_HOSTNAME: &str = "husk";
 
@@ -48,6 +63,15 @@ mod tests {
         assert_eq!(lookup(c, HOSTNAME), Some("b"));
         assert_eq!(lookup(c, "missing"), None);
         assert_eq!(lookup("husk.hostnamex=1", HOSTNAME), None);
+    }
+
+    #[test]
+    fn boot_timer_addresses_are_hex_and_page_aligned() {
+        assert_eq!(parse_boot_timer("0xc0000000"), Some(0xc000_0000));
+        assert_eq!(parse_boot_timer("0xc0000001"), None);
+        assert_eq!(parse_boot_timer("3221225472"), None);
+        assert_eq!(parse_boot_timer("0x0"), None);
+        assert_eq!(parse_boot_timer("0xzz"), None);
     }
 
     #[test]

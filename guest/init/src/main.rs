@@ -8,6 +8,7 @@
 //! This file owns the start-up order and the event loop. It must never exit: PID 1 leaving
 //! panics the guest kernel, so every path ends in [`leave`].
 
+mod boot_timer;
 mod control;
 mod entropy;
 mod identity;
@@ -155,6 +156,11 @@ fn run(cmdline_text: &str) -> anyhow::Result<Infallible> {
         services: started,
         entropy_seeded,
     };
+    match boot_timer::signal_booted(cmdline_text) {
+        Ok(true) => tracing::debug!("boot timer signalled"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot signal the boot timer"),
+    }
     if let Some(c) = &control {
         c.send(&GuestMessage::Ready(ready));
         c.spawn_reader().context("starting the control reader")?;

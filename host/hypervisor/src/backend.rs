@@ -51,24 +51,49 @@ impl Accel {
 /// The decision: which back end, with which accelerator, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
+    /// `qemu` or `builtin`.
     pub backend: &'static str,
+    /// How guest code runs (always KVM for `builtin`).
     pub accel: Accel,
-    pub qemu: PathBuf,
+    /// The QEMU binary (`qemu` only).
+    pub qemu: Option<PathBuf>,
     pub reason: String,
 }
 
 /// Decides how to run VMs on a host with `kvm`, where QEMU resolves to `qemu` (if installed).
+///
+/// `auto` takes the builtin VMM wherever `/dev/kvm` is hardware virtualisation (it boots
+/// Linux in-process, faster and smaller than QEMU), and QEMU with its software CPU elsewhere.
 pub fn plan(
     choice: BackendChoice,
     kvm: &KvmKind,
     qemu: Option<PathBuf>,
     qemu_name: &std::path::Path,
 ) -> Result<Plan, VmError> {
-    if choice == BackendChoice::Builtin {
-        return Err(VmError::BackendUnavailable {
-            backend: "builtin",
-            why: "the embedded VMM cannot boot Linux yet; use --backend auto or qemu".into(),
-        });
+    let builtin = || Plan {
+        backend: "builtin",
+        accel: Accel::Kvm,
+        qemu: None,
+        reason: format!(
+            "/dev/kvm is {}, so husk's own VMM, in-process",
+            kvm.describe()
+        ),
+    };
+    match choice {
+        BackendChoice::Builtin if kvm.runs_stock_guests() => return Ok(builtin()),
+        BackendChoice::Builtin => {
+            return Err(VmError::BackendUnavailable {
+                backend: "builtin",
+                why: format!(
+                    "it needs hardware virtualisation (kvm_intel or kvm_amd) to boot Linux, and \
+                     /dev/kvm is {}; use --backend qemu (or auto), which runs the guest on \
+                     QEMU's software CPU here",
+                    kvm.describe()
+                ),
+            })
+        }
+        BackendChoice::Auto if kvm.runs_stock_guests() => return Ok(builtin()),
+        BackendChoice::Auto | BackendChoice::Qemu => {}
     }
     let Some(qemu) = qemu else {
         return Err(VmError::NoHypervisor {
@@ -79,16 +104,14 @@ pub fn plan(
     let (accel, reason) = if kvm.runs_stock_guests() {
         (
             Accel::Kvm,
-            format!(
-                "/dev/kvm is {}; the builtin VMM cannot boot Linux yet, so QEMU with KVM",
-                kvm.describe()
-            ),
+            format!("/dev/kvm is {}; QEMU with KVM as asked", kvm.describe()),
         )
     } else {
         (
             Accel::Tcg,
             format!(
-                "/dev/kvm is {}, so QEMU's software CPU (TCG)",
+                "/dev/kvm is {}, so QEMU's software CPU (TCG); the builtin VMM needs \
+                 hardware virtualisation",
                 kvm.describe()
             ),
         )
@@ -96,7 +119,7 @@ pub fn plan(
     Ok(Plan {
         backend: "qemu",
         accel,
-        qemu,
+        qemu: Some(qemu),
         reason,
     })
 }
@@ -117,19 +140,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn auto_uses_tcg_on_pvm_and_kvm_on_hardware() {
+    fn auto_uses_qemu_tcg_on_pvm_and_the_builtin_vmm_on_hardware() {
         let q = Some(PathBuf::from("/usr/bin/qemu-system-x86_64"));
         let name = std::path::Path::new("qemu-system-x86_64");
         let p = plan(BackendChoice::Auto, &KvmKind::Pvm, q.clone(), name).unwrap();
-        assert_eq!(p.accel, Accel::Tcg);
-        assert!(p.reason.contains("kvm_pvm"));
+        assert_eq!((p.backend, p.accel), ("qemu", Accel::Tcg));
+        assert!(p.reason.contains("kvm_pvm"), "{}", p.reason);
+        assert!(
+            p.reason.contains("builtin VMM needs hardware"),
+            "{}",
+            p.reason
+        );
         let hw = KvmKind::Hardware {
             module: "kvm_intel".into(),
         };
-        assert_eq!(
-            plan(BackendChoice::Auto, &hw, q, name).unwrap().accel,
-            Accel::Kvm
-        );
+        let p = plan(BackendChoice::Auto, &hw, None, name).unwrap();
+        assert_eq!((p.backend, p.accel, p.qemu), ("builtin", Accel::Kvm, None));
+        let p = plan(BackendChoice::Qemu, &hw, q, name).unwrap();
+        assert_eq!((p.backend, p.accel), ("qemu", Accel::Kvm));
     }
 
     #[test]
@@ -149,7 +177,7 @@ mod tests {
     }
 
     #[test]
-    fn builtin_is_not_ready() {
+    fn builtin_without_hardware_virtualisation_says_why_and_what_to_use() {
         let e = plan(
             BackendChoice::Builtin,
             &KvmKind::Pvm,
@@ -158,6 +186,11 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(e, VmError::BackendUnavailable { .. }));
+        let msg = e.to_string();
+        assert!(
+            msg.contains("kvm_pvm") && msg.contains("--backend qemu"),
+            "{msg}"
+        );
         assert!("bogus".parse::<BackendChoice>().is_err());
     }
 }

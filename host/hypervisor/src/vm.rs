@@ -96,7 +96,6 @@ pub struct VmParts {
     pub init_listener: UnixListener,
 }
 
-
 impl Vm {
     pub fn from_parts(p: VmParts) -> Self {
         Self {
@@ -238,11 +237,7 @@ impl Vm {
                     })
                 }
                 Err(FrameError::Closed) => {
-                    if self
-                        .machine
-                        .wait_exit(Duration::from_secs(2))
-                        .is_some()
-                    {
+                    if self.machine.wait_exit(Duration::from_secs(2)).is_some() {
                         return Err(self.ended());
                     }
                     return Err(VmError::Protocol {

@@ -292,7 +292,13 @@ impl Hypervisor for QemuBackend {
         };
         let qemu_log = log_dir.join("qemu.log");
         let launched_at = Instant::now();
-        let mut cmd = Command::new(&self.plan.qemu);
+        let Some(qemu) = &self.plan.qemu else {
+            return Err(VmError::BackendUnavailable {
+                backend: "qemu",
+                why: "no QEMU binary in the plan".into(),
+            });
+        };
+        let mut cmd = Command::new(qemu);
         die_with_parent(&mut cmd);
         pass_fds(
             &mut cmd,
