@@ -35,9 +35,15 @@ fn require(path: &Path, what: &str) -> PathBuf {
 }
 
 impl Harness {
+    /// A harness on the `auto` back end.
     pub fn new() -> Self {
+        Self::with_backend(BackendChoice::Auto)
+    }
+
+    /// A harness on the back end `choice` resolves to.
+    pub fn with_backend(choice: BackendChoice) -> Self {
         require(&artifacts::kernel(), "guest kernel");
-        let hv = husk_hypervisor::for_host(BackendChoice::Auto, &HostPaths::system())
+        let hv = husk_hypervisor::for_host(choice, &HostPaths::system())
             .unwrap_or_else(|e| panic!("this host cannot run husk VMs: {e}"));
         let tmp = tempfile::Builder::new()
             .prefix("husk-e2e")

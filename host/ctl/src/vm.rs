@@ -100,6 +100,8 @@ struct JsonReport<'a> {
     first_serial_ms: Option<f64>,
     ready_ms: f64,
     guest_uptime_ms: f64,
+    /// VM build → husk-init's boot-timer write (builtin back end only).
+    boot_timer_ms: Option<f64>,
     build_id: &'a str,
     flavour: &'a str,
     init_version: &'a str,
@@ -139,6 +141,7 @@ pub fn boot(args: &BootArgs, json: bool) -> anyhow::Result<ExitCode> {
             first_serial_ms: report.first_serial.map(millis),
             ready_ms: millis(report.ready),
             guest_uptime_ms: millis(report.guest_uptime),
+            boot_timer_ms: report.boot_timer.map(millis),
             build_id: &report.init.build_id,
             flavour: &report.init.flavour,
             init_version: &report.init.init_version,
@@ -167,6 +170,13 @@ pub fn boot(args: &BootArgs, json: bool) -> anyhow::Result<ExitCode> {
             )
             .row("launch → init ready", ms(report.ready))
             .row("guest uptime at ready", ms(report.guest_uptime))
+            .row(
+                "boot timer (VM build → init)",
+                report
+                    .boot_timer
+                    .map(ms)
+                    .unwrap_or_else(|| "none (the builtin VMM has one; QEMU has not)".into()),
+            )
             .row("launch → agent ready", ms(agent.ready))
             .row(
                 "agent",

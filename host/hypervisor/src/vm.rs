@@ -43,6 +43,10 @@ pub trait Machine: std::fmt::Debug + Send {
     fn pids(&self) -> Vec<u32>;
     /// The tail of the back end's own log, if it wrote anything (for error reports).
     fn diagnostics(&self) -> Option<String>;
+    /// VM build → the guest's write to the boot timer, where the back end has one (builtin).
+    fn boot_timer(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// Timings and facts from one boot.
@@ -54,6 +58,8 @@ pub struct BootReport {
     pub ready: Duration,
     /// The guest's own uptime when it sent readiness.
     pub guest_uptime: Duration,
+    /// VM build → husk-init's write to the boot timer, measured by the VMM (builtin only).
+    pub boot_timer: Option<Duration>,
     pub init: Ready,
 }
 
@@ -270,6 +276,8 @@ impl Vm {
                 .map(|t| t.saturating_duration_since(self.launched_at)),
             ready: ready_at.saturating_duration_since(self.launched_at),
             guest_uptime: Duration::from_nanos(ready.uptime_ns),
+            // husk-init writes the timer just before it sends readiness.
+            boot_timer: self.machine.boot_timer(),
             init: ready,
         };
         self.ready = Some(report.clone());
