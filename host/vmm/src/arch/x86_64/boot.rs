@@ -414,7 +414,7 @@ mod tests {
             None,
             &map,
             Some(Initrd {
-                addr: 0x7000_000,
+                addr: 0x0700_0000,
                 size: 42,
             }),
             17,
@@ -430,7 +430,7 @@ mod tests {
             p.e820_entries,
         );
         assert_eq!((ptr, size), (CMDLINE_START as u32, 17));
-        assert_eq!((img, rsz), (0x7000_000, 42));
+        assert_eq!((img, rsz), (0x0700_0000, 42));
         assert_eq!((flag, magic, n), (0xaa55, 0x5372_6448, 2));
         let e1 = p.e820_table[1];
         let (a, s, t) = (e1.addr, e1.size, e1.r#type);

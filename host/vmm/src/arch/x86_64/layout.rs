@@ -64,6 +64,21 @@ pub const IRQ_MAX: u32 = 23;
 /// Bytes in one MiB.
 pub const MIB: u64 = 1 << 20;
 
+// The layout's invariants, checked at compile time: boot structures don't overlap, and device
+// windows stay clear of KVM's private pages.
+const _: () = {
+    assert!(PML4_START < PDPTE_START && PDPTE_START < PDE_START);
+    assert!(PDE_START + PDE_COUNT * 0x1000 <= CMDLINE_START);
+    assert!(BOOT_STACK_POINTER < PML4_START && BOOT_STACK_POINTER > ZERO_PAGE_START + 0x1000);
+    assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= MPTABLE_START);
+    assert!(MPTABLE_START < EBDA_END && EBDA_END < HIMEM_START);
+    assert!(PVH_INFO_START < PVH_MODLIST_START && PVH_MODLIST_START < PVH_MEMMAP_START);
+    assert!(MMIO_SLOTS_END <= KVM_IDENTITY_MAP_ADDRESS);
+    assert!(KVM_IDENTITY_MAP_ADDRESS + 0x1000 <= KVM_TSS_ADDRESS);
+    assert!(KVM_TSS_ADDRESS + 3 * 0x1000 <= MMIO_GAP_END);
+    assert!(BOOT_TIMER_ADDRESS == MMIO_GAP_START);
+};
+
 /// RAM ranges for `size` bytes of guest memory: one range below the MMIO gap, and the rest
 /// (if any) from 4 GiB up. `None` when `size` is zero or would overflow the address space.
 pub fn ram_ranges(size: u64) -> Option<Vec<(GuestAddress, u64)>> {
@@ -117,22 +132,5 @@ mod tests {
         assert_eq!(ram_ranges(u64::MAX), None);
         assert_eq!(low_ram_end(4096 * MIB), MMIO_GAP_START);
         assert_eq!(low_ram_end(64 * MIB), 64 * MIB);
-    }
-
-    #[test]
-    fn boot_structures_do_not_overlap() {
-        // Page tables end before the kernel command line and the MP table.
-        let pt_end = PDE_START + PDE_COUNT * 0x1000;
-        assert!(PML4_START < PDPTE_START && PDPTE_START < PDE_START);
-        assert!(pt_end <= CMDLINE_START);
-        assert!(BOOT_STACK_POINTER < PML4_START && BOOT_STACK_POINTER > ZERO_PAGE_START + 0x1000);
-        assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= MPTABLE_START);
-        assert!(MPTABLE_START < EBDA_END && EBDA_END < HIMEM_START);
-        assert!(PVH_MODLIST_START < PVH_MEMMAP_START);
-        // Device windows stay clear of KVM's private pages.
-        assert!(MMIO_SLOTS_END <= KVM_IDENTITY_MAP_ADDRESS);
-        assert!(KVM_IDENTITY_MAP_ADDRESS + 0x1000 <= KVM_TSS_ADDRESS);
-        assert!(KVM_TSS_ADDRESS + 3 * 0x1000 <= MMIO_GAP_END);
-        assert_eq!(BOOT_TIMER_ADDRESS, MMIO_GAP_START);
     }
 }

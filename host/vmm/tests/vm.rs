@@ -1,0 +1,214 @@
+//! Real KVM_RUN on this machine's /dev/kvm (hardware or `kvm_pvm`) with hand-made guests:
+//! serial output, MMIO both ways, the boot timer, i8042 reset, HLT, triple fault, pause and
+//! resume, virtio queue notifications as ioeventfds. Each test prints why it did not run when
+//! /dev/kvm is absent.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use husk_vmm::arch::x86_64::layout::{BOOT_TIMER_ADDRESS, SERIAL_PORT};
+use husk_vmm::arch::x86_64::regs::EntryMode;
+use husk_vmm::builder::{SerialOutput, VmBuilder};
+use husk_vmm::devices::virtio::transport::mmio::QUEUE_NOTIFY;
+use husk_vmm::vmm::ExitReason;
+use vm_memory::{Bytes, GuestAddress};
+
+#[test]
+fn serial_output_reaches_the_log() {
+    if !kvm_present("serial_output_reaches_the_log") {
+        return;
+    }
+    // 16-bit: mov dx, 0x3f8; "Hi\n" to the UART; i8042 reset; spin.
+    let code = Asm::new()
+        .mov_dx16(SERIAL_PORT)
+        .print(b"Hi\n")
+        .i8042_reset()
+        .spin()
+        .finish();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut spec = raw_spec(code, EntryMode::Real16, true);
+    spec.serial = SerialOutput::File(log.path().to_owned());
+    let mut vmm = VmBuilder::new(spec).build().unwrap();
+    assert_eq!(vmm.wait_timeout(GUEST_TIMEOUT), Some(ExitReason::Reset));
+    assert_eq!(std::fs::read(log.path()).unwrap(), b"Hi\n");
+}
+
+#[test]
+fn long_mode_mmio_reaches_devices_both_ways_and_the_boot_timer_fires() {
+    if !kvm_present("long_mode_mmio_reaches_devices_both_ways_and_the_boot_timer_fires") {
+        return;
+    }
+    const DEV: u64 = 0xD000_0000;
+    // 64-bit: ebx = [DEV]; ebx += 1; [DEV + 8] = ebx; byte [boot timer] = 123; "ok" on the
+    // serial port; i8042 reset.
+    let code = Asm::new()
+        .mov_rax(DEV)
+        .load_ebx_from_rax()
+        .inc_ebx()
+        .store_ebx_to_rax(8)
+        .mov_rax(BOOT_TIMER_ADDRESS)
+        .store_byte_to_rax(123)
+        .mov_dx64(SERIAL_PORT)
+        .print(b"ok")
+        .i8042_reset()
+        .spin()
+        .finish();
+    let dev = recorder(0x1234_5678);
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let mut spec = raw_spec(code, EntryMode::Long64, true);
+    spec.boot_timer = true;
+    let mut b = VmBuilder::new(spec);
+    b.add_mmio_device(dev.clone(), DEV, 0x1000)
+        .serial_writer(Box::new(SharedBuf(out.clone())));
+    let mut vmm = b.build().unwrap();
+    assert_eq!(vmm.wait_timeout(GUEST_TIMEOUT), Some(ExitReason::Reset));
+    let d = dev.lock().unwrap();
+    assert_eq!(d.reads, vec![(0, 4)]);
+    assert_eq!(d.writes, vec![(8, 0x1234_5679u32.to_le_bytes().to_vec())]);
+    assert_eq!(&*out.lock().unwrap(), b"ok");
+    let boot = vmm
+        .boot_time()
+        .expect("the boot timer recorded the magic write");
+    let first = vmm.time_to_first_run().expect("a vCPU entered KVM_RUN");
+    assert!(
+        first <= boot.wall,
+        "first run {first:?} after boot {boot:?}"
+    );
+    say(&format!(
+        "build → first KVM_RUN {first:?}; build → boot-timer write {:?} (CPU {:?})",
+        boot.wall, boot.cpu
+    ));
+}
+
+#[derive(Debug)]
+struct SharedBuf(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn i8042_reset_ends_the_vm_with_reason_reset() {
+    if !kvm_present("i8042_reset_ends_the_vm_with_reason_reset") {
+        return;
+    }
+    let code = Asm::new().i8042_reset().spin().finish();
+    let mut vmm = VmBuilder::new(raw_spec(code, EntryMode::Real16, true))
+        .build()
+        .unwrap();
+    let r = vmm.wait_timeout(GUEST_TIMEOUT);
+    assert_eq!(r, Some(ExitReason::Reset));
+    assert_eq!(r.unwrap().to_string(), "reset");
+    assert_eq!(vmm.running_vcpus(), 0, "wait joined the vCPU threads");
+}
+
+#[test]
+fn hlt_is_reported_without_an_irqchip() {
+    if !kvm_present("hlt_is_reported_without_an_irqchip") {
+        return;
+    }
+    let code = Asm::new().hlt().finish();
+    let mut vmm = VmBuilder::new(raw_spec(code, EntryMode::Real16, false))
+        .build()
+        .unwrap();
+    assert_eq!(
+        vmm.wait_timeout(GUEST_TIMEOUT),
+        Some(ExitReason::Halted { vcpu: 0 })
+    );
+}
+
+#[test]
+fn triple_fault_is_reported() {
+    if !kvm_present("triple_fault_is_reported") {
+        return;
+    }
+    // ud2 with the empty boot IDT: #UD → #NP/#GP → #DF → triple fault → KVM_EXIT_SHUTDOWN.
+    let code = Asm::new().ud2().finish();
+    let mut vmm = VmBuilder::new(raw_spec(code, EntryMode::Long64, true))
+        .build()
+        .unwrap();
+    assert_eq!(
+        vmm.wait_timeout(GUEST_TIMEOUT),
+        Some(ExitReason::TripleFault { vcpu: 0 })
+    );
+}
+
+#[test]
+fn pause_and_resume_a_guest_in_a_loop() {
+    if !kvm_present("pause_and_resume_a_guest_in_a_loop") {
+        return;
+    }
+    const COUNTER: u64 = 0x4000;
+    // 64-bit: rax = COUNTER; loop { inc qword [rax] }.
+    let mut a = Asm::new();
+    a.mov_rax(COUNTER);
+    let top = a.here();
+    a.inc_qword_at_rax().jmp_short(top);
+    let mut vmm = VmBuilder::new(raw_spec(a.finish(), EntryMode::Long64, true))
+        .build()
+        .unwrap();
+    let count = |vmm: &husk_vmm::vmm::Vmm| -> u64 {
+        vmm.guest_memory().read_obj(GuestAddress(COUNTER)).unwrap()
+    };
+    assert!(
+        eventually(GUEST_TIMEOUT, || count(&vmm) > 0),
+        "the guest loop never ran"
+    );
+    vmm.pause().unwrap();
+    assert!(vmm.is_paused());
+    let c1 = count(&vmm);
+    std::thread::sleep(Duration::from_millis(100));
+    let c2 = count(&vmm);
+    assert_eq!(c1, c2, "the counter moved while paused");
+    vmm.resume().unwrap();
+    assert!(
+        eventually(GUEST_TIMEOUT, || count(&vmm) > c2),
+        "the guest did not run again after resume"
+    );
+    // Pause twice in a row is harmless, and a paused VM stops cleanly.
+    vmm.pause().unwrap();
+    vmm.pause().unwrap();
+    assert_eq!(vmm.stop(), ExitReason::Stopped);
+    assert!(vmm.pause().is_err(), "a stopped VM cannot be paused");
+    assert_eq!(vmm.wait(), ExitReason::Stopped);
+}
+
+#[test]
+fn virtio_queue_notify_is_an_ioeventfd_and_stop_resets_the_device() {
+    if !kvm_present("virtio_queue_notify_is_an_ioeventfd_and_stop_resets_the_device") {
+        return;
+    }
+    // Boot timer on, so the virtio device takes the second slot.
+    let base = BOOT_TIMER_ADDRESS + 0x1000;
+    // 64-bit: dword [base + QueueNotify] = 0 (queue 0); reset.
+    let code = Asm::new()
+        .mov_rax(base)
+        .store_imm32_to_rax(QUEUE_NOTIFY as i8, 0)
+        .i8042_reset()
+        .spin()
+        .finish();
+    let mut spec = raw_spec(code, EntryMode::Long64, true);
+    spec.boot_timer = true;
+    let dummy = DummyVirtio::default();
+    let resets = dummy.resets.clone();
+    let mut b = VmBuilder::new(spec);
+    b.add_virtio(Box::new(dummy));
+    let mut vmm = b.build().unwrap();
+    assert_eq!(vmm.wait_timeout(GUEST_TIMEOUT), Some(ExitReason::Reset));
+    let t = vmm.virtio_transports()[0].lock().unwrap();
+    assert_eq!(t.queue_events()[0].read().unwrap(), 1, "queue 0 was kicked");
+    drop(t);
+    assert_eq!(*resets.lock().unwrap(), 1, "the device was reset at VM end");
+}
