@@ -9,7 +9,6 @@
 //! vCPU threads do) and never keep anything the [`Vmm`] does not own.
 
 use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
@@ -489,13 +488,6 @@ fn load_raw(mem: &GuestMemoryMmap, raw: &RawCode) -> Result<Entry, BuildError> {
         rip: raw.load_addr,
         boot_info: 0,
     })
-}
-
-/// Flushes a writer, for owners that hand the builder a buffered one.
-pub fn flush_quietly(w: &mut dyn Write) {
-    if let Err(e) = w.flush() {
-        tracing::debug!(error = %e, "flushing serial output");
-    }
 }
 
 #[cfg(test)]

@@ -531,3 +531,63 @@ impl VcpuHandle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_name_the_vcpu_and_the_guest_address() {
+        let f = VcpuFault::Internal {
+            vcpu: 3,
+            suberror: 1,
+            rip: Some(0xffff_ffff_8100_0000),
+        };
+        let s = f.to_string();
+        assert!(
+            s.contains("vCPU 3") && s.contains("emulation failure"),
+            "{s}"
+        );
+        assert!(s.contains("0xffffffff81000000"), "{s}");
+        let s = VcpuFault::FailEntry {
+            vcpu: 0,
+            reason: 0x21,
+            rip: None,
+        }
+        .to_string();
+        assert!(
+            s.contains("vCPU 0") && s.contains("0x21") && s.contains("None"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn parked_vcpus_are_counted_and_released() {
+        let c = Arc::new(RunControl::default());
+        c.enter();
+        assert!(!c.checkpoint(), "running: carry on");
+        c.request_pause();
+        let c2 = c.clone();
+        let t = std::thread::spawn(move || c2.checkpoint());
+        c.wait_parked(Duration::from_secs(5)).unwrap();
+        c.request_run();
+        assert!(!t.join().unwrap(), "resumed, not stopped");
+        c.request_pause();
+        let c3 = c.clone();
+        let t = std::thread::spawn(move || c3.checkpoint());
+        c.wait_parked(Duration::from_secs(5)).unwrap();
+        c.request_stop();
+        assert!(t.join().unwrap(), "a parked vCPU sees the stop");
+        c.leave();
+        c.wait_parked(Duration::from_millis(1)).unwrap();
+    }
+
+    #[test]
+    fn pausing_times_out_when_a_vcpu_never_parks() {
+        let c = RunControl::default();
+        c.enter();
+        c.request_pause();
+        let e = c.wait_parked(Duration::from_millis(20)).unwrap_err();
+        assert_eq!((e.parked, e.alive), (0, 1));
+    }
+}

@@ -110,7 +110,7 @@ pub struct LoadedKernel {
     pub format: KernelFormat,
     /// First instruction (guest physical).
     pub entry: u64,
-    /// First byte after the kernel image.
+    /// First byte after the kernel image (absolute guest address).
     pub end: u64,
     /// The bzImage setup header, kept for the zero page.
     pub setup_header: Option<setup_header>,
@@ -147,7 +147,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
             return Ok(LoadedKernel {
                 format,
                 entry,
-                end: r.kernel_load.0.saturating_add(r.kernel_end),
+                end: r.kernel_end,
                 setup_header: None,
             });
         }
@@ -178,7 +178,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
     Ok(LoadedKernel {
         format: KernelFormat::BzImage,
         entry: r.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET,
-        end: r.kernel_load.0.saturating_add(r.kernel_end),
+        end: r.kernel_end,
         setup_header: r.setup_header,
     })
 }
@@ -479,16 +479,33 @@ mod tests {
         assert!(msg.contains("bzImage"), "{msg}");
     }
 
-    /// Loads the installed guest kernel when it is there (no KVM needed).
+    /// Loads the installed guest kernels (vmlinux and bzImage) when they are there (no KVM
+    /// needed).
     #[test]
-    fn installed_vmlinux_loads_when_present() {
-        let path = Path::new("/var/lib/husk/kernel/vmlinux");
-        if !path.exists() {
-            eprintln!("not run: {} is absent", path.display());
-            return;
-        }
+    fn installed_kernels_load_when_present() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), (256 * MIB) as usize)]).unwrap();
-        let k = load_kernel(&mem, path).unwrap();
-        assert!(k.end > k.entry && k.entry >= HIMEM_START, "{k:?}");
+        for (path, formats) in [
+            (
+                "/var/lib/husk/kernel/vmlinux",
+                &[KernelFormat::ElfPvh, KernelFormat::Elf64][..],
+            ),
+            ("/var/lib/husk/kernel/bzImage", &[KernelFormat::BzImage][..]),
+        ] {
+            let path = Path::new(path);
+            if !path.exists() {
+                eprintln!("not run: {} is absent", path.display());
+                continue;
+            }
+            let k = load_kernel(&mem, path).unwrap();
+            assert!(formats.contains(&k.format), "{}: {k:?}", path.display());
+            assert!(k.end > HIMEM_START && k.entry >= HIMEM_START, "{k:?}");
+            eprintln!(
+                "{}: {:?} entry {:#x} end {:#x}",
+                path.display(),
+                k.format,
+                k.entry,
+                k.end
+            );
+        }
     }
 }
