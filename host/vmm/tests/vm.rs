@@ -100,6 +100,44 @@ impl std::io::Write for SharedBuf {
 }
 
 #[test]
+fn serial_interrupt_reaches_the_guest_through_the_irqfd() {
+    if !kvm_present("serial_interrupt_reaches_the_guest_through_the_irqfd") {
+        return;
+    }
+    // 16-bit, code at 0x10000 (CS = 0x1000, IP = 0), DS = 0. The handler is placed at a fixed
+    // offset so the interrupt vector can point at it before it is assembled.
+    const HANDLER: u16 = 0x80;
+    const VECTOR: u16 = 0x08 + 4; // master PIC base 8, IRQ 4
+    let mut a = Asm::new();
+    // IVT entry for the serial IRQ: offset HANDLER, segment 0x1000.
+    a.mov_word_at16(VECTOR * 4, HANDLER)
+        .mov_word_at16(VECTOR * 4 + 2, 0x1000);
+    // Master 8259: ICW1 edge+ICW4, ICW2 base 8, ICW3 slave on IRQ2, ICW4 8086; mask all but IRQ4.
+    for (port, v) in [
+        (0x20, 0x11),
+        (0x21, 0x08),
+        (0x21, 0x04),
+        (0x21, 0x01),
+        (0x21, 0xef),
+    ] {
+        a.mov_al(v).out_imm_al(port);
+    }
+    // UART IER = THR empty: the model raises its interrupt line (the irqfd) at once.
+    a.mov_dx16(SERIAL_PORT + 1).mov_al(0x02).out_dx_al();
+    a.sti().spin();
+    assert!(a.here() <= usize::from(HANDLER));
+    a.bytes.resize(usize::from(HANDLER), 0x90);
+    // Handler: "!" on the UART, then reset.
+    a.mov_dx16(SERIAL_PORT).print(b"!").i8042_reset().spin();
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let mut b = VmBuilder::new(raw_spec(a.finish(), EntryMode::Real16, true));
+    b.serial_writer(Box::new(SharedBuf(out.clone())));
+    let mut vmm = b.build().unwrap();
+    assert_eq!(vmm.wait_timeout(GUEST_TIMEOUT), Some(ExitReason::Reset));
+    assert_eq!(&*out.lock().unwrap(), b"!", "the interrupt handler ran");
+}
+
+#[test]
 fn i8042_reset_ends_the_vm_with_reason_reset() {
     if !kvm_present("i8042_reset_ends_the_vm_with_reason_reset") {
         return;
@@ -127,6 +165,36 @@ fn hlt_is_reported_without_an_irqchip() {
         vmm.wait_timeout(GUEST_TIMEOUT),
         Some(ExitReason::Halted { vcpu: 0 })
     );
+}
+
+#[test]
+fn stop_ends_a_vcpu_halted_in_the_kernel() {
+    if !kvm_present("stop_ends_a_vcpu_halted_in_the_kernel") {
+        return;
+    }
+    // cli; hlt with an irqchip: the vCPU sleeps in KVM_RUN for good; only the kick wakes it.
+    let code = Asm::new().cli().hlt().spin().finish();
+    let mut vmm = VmBuilder::new(raw_spec(code, EntryMode::Real16, true))
+        .build()
+        .unwrap();
+    assert!(eventually(GUEST_TIMEOUT, || vmm
+        .time_to_first_run()
+        .is_some()));
+    assert_eq!(
+        vmm.wait_timeout(Duration::from_millis(50)),
+        None,
+        "still halted"
+    );
+    vmm.pause().unwrap();
+    vmm.resume().unwrap();
+    let t = std::time::Instant::now();
+    assert_eq!(vmm.stop(), ExitReason::Stopped);
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "stop took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(vmm.running_vcpus(), 0);
 }
 
 #[test]

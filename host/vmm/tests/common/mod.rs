@@ -149,6 +149,23 @@ impl Asm {
         self.emit(&[0xba, a, b])
     }
 
+    /// `mov word [addr16], imm16` in 16-bit code with DS = 0 (C7 06 aw iw).
+    pub fn mov_word_at16(&mut self, addr: u16, v: u16) -> &mut Self {
+        let [a, b] = addr.to_le_bytes();
+        let [c, d] = v.to_le_bytes();
+        self.emit(&[0xc7, 0x06, a, b, c, d])
+    }
+
+    /// `cli` (FA).
+    pub fn cli(&mut self) -> &mut Self {
+        self.emit(&[0xfa])
+    }
+
+    /// `sti` (FB).
+    pub fn sti(&mut self) -> &mut Self {
+        self.emit(&[0xfb])
+    }
+
     // --- 64-bit long mode ---
 
     /// `mov dx, imm16` in 64-bit code (66 BA iw).
