@@ -1,6 +1,6 @@
 //! Per-vCPU CPUID, derived from `KVM_GET_SUPPORTED_CPUID`: the hypervisor bit, APIC ids and
 //! counts per vCPU, leaf 0xb topology (one socket, one thread per core), and removal of what
-//! the VMM does not emulate (the PMU, leaf 0x1f).
+//! the VMM does not emulate (the PMU, leaf 0x1f, nested virtualisation).
 //!
 //! Owns the filtering rules, as a pure function over entries (unit-tested without KVM). Must
 //! never set CPUID on a vCPU itself (the vCPU setup does).
@@ -9,6 +9,10 @@ use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 
 /// Leaf 1 ECX: running under a hypervisor.
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
+/// Leaf 1 ECX: VMX. Leaf 0x8000_0001 ECX: SVM. Nested virtualisation is not offered: the VMM
+/// neither saves nested state nor wants guests running guests.
+const LEAF1_ECX_VMX: u32 = 1 << 5;
+const LEAF_8000_0001_ECX_SVM: u32 = 1 << 2;
 /// Leaf 1 EDX: HTT (the logical-processor count in EBX is valid).
 const LEAF1_EDX_HTT: u32 = 1 << 28;
 /// Leaf 0xb level types.
@@ -43,6 +47,7 @@ pub fn filter_entries(entries: &mut Vec<kvm_cpuid_entry2>, index: u8, count: u8)
                 // EBX: APIC id [31:24], logical processors [23:16], CLFLUSH size in qwords [15:8].
                 e.ebx = (apic_id << 24) | ((count & 0xff) << 16) | (8 << 8) | (e.ebx & 0xff);
                 e.ecx |= LEAF1_ECX_HYPERVISOR;
+                e.ecx &= !LEAF1_ECX_VMX;
                 if count > 1 {
                     e.edx |= LEAF1_EDX_HTT;
                 } else {
@@ -56,6 +61,7 @@ pub fn filter_entries(entries: &mut Vec<kvm_cpuid_entry2>, index: u8, count: u8)
                 let sharing = if level >= 3 { count - 1 } else { 0 };
                 e.eax = (e.eax & 0x3fff) | ((sharing & 0xfff) << 14) | (((count - 1) & 0x3f) << 26);
             }
+            0x8000_0001 => e.ecx &= !LEAF_8000_0001_ECX_SVM,
             0xa => {
                 // No PMU is emulated.
                 e.eax = 0;
@@ -126,6 +132,11 @@ mod tests {
             entry(0xb, 2),
             entry(0x1f, 0),
             entry(0x1f, 1),
+            kvm_cpuid_entry2 {
+                function: 0x8000_0001,
+                ecx: 0xffff_ffff,
+                ..Default::default()
+            },
         ]
     }
 
@@ -172,6 +183,16 @@ mod tests {
         let pmu = find(&v, 0xa, 0);
         assert_eq!((pmu.eax, pmu.ebx, pmu.ecx, pmu.edx), (0, 0, 0, 0));
         assert_eq!(find(&v, 4, 0).eax >> 26, 0);
+    }
+
+    #[test]
+    fn nested_virtualisation_is_hidden() {
+        let mut v = fake();
+        v[1].ecx = 0xffff_ffff;
+        filter_entries(&mut v, 0, 1);
+        assert_eq!(find(&v, 1, 0).ecx & LEAF1_ECX_VMX, 0);
+        assert_eq!(find(&v, 0x8000_0001, 0).ecx & LEAF_8000_0001_ECX_SVM, 0);
+        assert_ne!(find(&v, 0x8000_0001, 0).ecx & 1, 0, "other bits kept");
     }
 
     #[test]
