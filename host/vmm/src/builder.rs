@@ -399,7 +399,10 @@ impl VmBuilder {
                 let k = boot::load_kernel(&mem, kernel)?;
                 let initrd = initrd
                     .as_deref()
-                    .map(|p| boot::load_initrd(&mem, p, k.end, layout::low_ram_end(mem_size)))
+                    .map(|p| {
+                        let limit = boot::initrd_limit(&k, layout::low_ram_end(mem_size));
+                        boot::load_initrd(&mem, p, k.end, limit)
+                    })
                     .transpose()?;
                 boot::write_boot_info(&mem, &k, &cmdline, initrd, mem_size)?
             }

@@ -283,6 +283,12 @@ impl Vmm {
     }
 }
 
+// The owner (the shim, `husk vm`) may hold a running VM on any thread.
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<Vmm>();
+};
+
 impl Drop for Vmm {
     fn drop(&mut self) {
         self.stop();

@@ -190,6 +190,15 @@ pub fn initrd_address(size: u64, kernel_end: u64, low_end: u64) -> Option<u64> {
     (addr >= kernel_end).then_some(addr)
 }
 
+/// The end of the area an initramfs may occupy: the end of low RAM, lowered to the kernel's
+/// `initrd_addr_max` when a bzImage header states one.
+pub fn initrd_limit(kernel: &LoadedKernel, low_ram_end: u64) -> u64 {
+    match kernel.setup_header.map(|h| h.initrd_addr_max) {
+        Some(max) if max != 0 => low_ram_end.min(u64::from(max) + 1),
+        _ => low_ram_end,
+    }
+}
+
 /// Reads the initramfs at `path` into guest memory below `low_end`.
 pub fn load_initrd(
     mem: &GuestMemoryMmap,
@@ -405,6 +414,23 @@ mod tests {
         );
         assert_eq!(initrd_address(0x800_0000, 0x20_0000, 0x800_0000), None);
         assert_eq!(initrd_address(u64::MAX, 0, 0x800_0000), None);
+    }
+
+    #[test]
+    fn initrd_limit_honours_the_bzimage_header() {
+        let mut k = LoadedKernel {
+            format: KernelFormat::BzImage,
+            entry: 0,
+            end: 0,
+            setup_header: Some(setup_header {
+                initrd_addr_max: 0x7fff_ffff,
+                ..Default::default()
+            }),
+        };
+        assert_eq!(initrd_limit(&k, MMIO_GAP_START), 0x8000_0000);
+        assert_eq!(initrd_limit(&k, 256 * MIB), 256 * MIB);
+        k.setup_header = None;
+        assert_eq!(initrd_limit(&k, MMIO_GAP_START), MMIO_GAP_START);
     }
 
     #[test]
