@@ -214,6 +214,30 @@ fn triple_fault_is_reported() {
 }
 
 #[test]
+fn a_vcpu_fault_is_reported_with_its_index_and_address() {
+    if !kvm_present("a_vcpu_fault_is_reported_with_its_index_and_address") {
+        return;
+    }
+    // Jump into the MMIO gap where no memory is: KVM cannot fetch (or emulate) instructions
+    // from MMIO and stops the vCPU with an internal error.
+    const NOWHERE: u64 = 0xD000_0000;
+    let code = Asm::new().mov_rax(NOWHERE).jmp_rax().finish();
+    let mut vmm = VmBuilder::new(raw_spec(code, EntryMode::Long64, true))
+        .build()
+        .unwrap();
+    let r = vmm.wait_timeout(GUEST_TIMEOUT).expect("the vCPU stopped");
+    let msg = r.to_string();
+    say(&format!("fetch from MMIO ended the VM with: {msg}"));
+    match r {
+        ExitReason::Fault(f) => {
+            assert!(msg.contains("vCPU 0"), "{msg}");
+            assert!(msg.contains("0xd0000000"), "{msg} {f:?}");
+        }
+        other => panic!("expected a vCPU fault, got {other:?}"),
+    }
+}
+
+#[test]
 fn pause_and_resume_a_guest_in_a_loop() {
     if !kvm_present("pause_and_resume_a_guest_in_a_loop") {
         return;

@@ -65,27 +65,33 @@ pub enum VcpuFault {
         source: vmm_sys_util::errno::Error,
     },
     #[error(
-        "vCPU {vcpu}: KVM could not enter the guest (hardware reason {reason:#x}) at rip {rip:#x?}"
+        "vCPU {vcpu}: KVM could not enter the guest (hardware reason {reason:#x}) at rip {}",
+        show_rip(*rip)
     )]
     FailEntry {
         vcpu: u8,
         reason: u64,
         rip: Option<u64>,
     },
-    #[error("vCPU {vcpu}: KVM internal error (suberror {suberror}{}) at rip {rip:#x?}", if *suberror == 1 { ", emulation failure" } else { "" })]
+    #[error("vCPU {vcpu}: KVM internal error (suberror {suberror}{}) at rip {}", if *suberror == 1 { ", emulation failure" } else { "" }, show_rip(*rip))]
     Internal {
         vcpu: u8,
         suberror: u32,
         rip: Option<u64>,
     },
-    #[error("vCPU {vcpu}: the guest reported a crash (KVM system event) at rip {rip:#x?}")]
+    #[error("vCPU {vcpu}: the guest reported a crash (KVM system event) at rip {}", show_rip(*rip))]
     Crash { vcpu: u8, rip: Option<u64> },
-    #[error("vCPU {vcpu}: unsupported KVM exit {reason} at rip {rip:#x?}")]
+    #[error("vCPU {vcpu}: unsupported KVM exit {reason} at rip {}", show_rip(*rip))]
     Unsupported {
         vcpu: u8,
         reason: u32,
         rip: Option<u64>,
     },
+}
+
+/// The guest instruction pointer for messages (`unknown` when the registers were unreadable).
+fn show_rip(rip: Option<u64>) -> String {
+    rip.map_or_else(|| "unknown".to_string(), |r| format!("{r:#x}"))
 }
 
 /// Why a vCPU thread ended.
@@ -556,7 +562,7 @@ mod tests {
         }
         .to_string();
         assert!(
-            s.contains("vCPU 0") && s.contains("0x21") && s.contains("None"),
+            s.contains("vCPU 0") && s.contains("0x21") && s.ends_with("at rip unknown"),
             "{s}"
         );
     }

@@ -204,6 +204,11 @@ impl Asm {
         self.emit(&[0xc6, 0x00, v])
     }
 
+    /// `jmp rax` (FF E0).
+    pub fn jmp_rax(&mut self) -> &mut Self {
+        self.emit(&[0xff, 0xe0])
+    }
+
     /// `inc qword [rax]` (48 FF 00).
     pub fn inc_qword_at_rax(&mut self) -> &mut Self {
         self.emit(&[0x48, 0xff, 0x00])
