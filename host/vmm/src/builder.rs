@@ -307,7 +307,7 @@ impl VmBuilder {
             &mut io_bus,
             "port",
             "serial 0x3f8",
-            serial,
+            serial.clone(),
             u64::from(SERIAL_PORT),
             SERIAL_PORT_SIZE,
         )?;
@@ -458,6 +458,7 @@ impl VmBuilder {
             virtio: transports,
             io_bus,
             mmio_bus,
+            serial,
             boot_timer,
             build_started,
             first_run,

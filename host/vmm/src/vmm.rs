@@ -15,6 +15,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::bus::Bus;
+use crate::devices::legacy::serial::SerialDevice;
 use crate::devices::pseudo::boot_timer::{BootTime, BootTimeHandle};
 use crate::devices::virtio::transport::mmio::MmioTransport;
 use crate::devices::virtio::GuestMemoryMmap;
@@ -72,6 +73,7 @@ pub(crate) struct VmmParts {
     pub virtio: Vec<Arc<Mutex<MmioTransport>>>,
     pub io_bus: Arc<Bus>,
     pub mmio_bus: Arc<Bus>,
+    pub serial: Arc<Mutex<SerialDevice>>,
     pub boot_timer: Option<BootTimeHandle>,
     pub build_started: Instant,
     pub first_run: Arc<OnceLock<Instant>>,
@@ -257,6 +259,16 @@ impl Vmm {
     /// The MMIO bus.
     pub fn mmio_bus(&self) -> &Bus {
         &self.parts.mmio_bus
+    }
+
+    /// Queues console input for the guest's UART (raising its interrupt when enabled); returns
+    /// how many bytes fit in its FIFO.
+    pub fn serial_input(&self, bytes: &[u8]) -> usize {
+        self.parts
+            .serial
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .enqueue_input(bytes)
     }
 
     /// The boot time the guest signalled through the boot timer, if enabled and signalled.

@@ -37,6 +37,33 @@ fn serial_output_reaches_the_log() {
 }
 
 #[test]
+fn serial_input_reaches_the_guest_and_is_echoed() {
+    if !kvm_present("serial_input_reaches_the_guest_and_is_echoed") {
+        return;
+    }
+    // 16-bit: loop { wait for LSR.DR; al = RBR; THR = al; until al == '\n' }; reset.
+    let mut a = Asm::new();
+    let top = a.here();
+    a.mov_dx16(SERIAL_PORT + 5);
+    let poll = a.here();
+    a.in_al_dx().test_al(0x01).jz_short(poll);
+    a.mov_dx16(SERIAL_PORT)
+        .in_al_dx()
+        .out_dx_al()
+        .cmp_al(b'\n')
+        .jnz_short(top)
+        .i8042_reset()
+        .spin();
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let mut b = VmBuilder::new(raw_spec(a.finish(), EntryMode::Real16, true));
+    b.serial_writer(Box::new(SharedBuf(out.clone())));
+    let mut vmm = b.build().unwrap();
+    assert_eq!(vmm.serial_input(b"echo\n"), 5);
+    assert_eq!(vmm.wait_timeout(GUEST_TIMEOUT), Some(ExitReason::Reset));
+    assert_eq!(&*out.lock().unwrap(), b"echo\n");
+}
+
+#[test]
 fn long_mode_mmio_reaches_devices_both_ways_and_the_boot_timer_fires() {
     if !kvm_present("long_mode_mmio_reaches_devices_both_ways_and_the_boot_timer_fires") {
         return;

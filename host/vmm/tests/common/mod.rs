@@ -107,6 +107,33 @@ impl Asm {
         self.emit(&[0xe6, port])
     }
 
+    /// `in al, dx` (EC).
+    pub fn in_al_dx(&mut self) -> &mut Self {
+        self.emit(&[0xec])
+    }
+
+    /// `test al, imm8` (A8 ib).
+    pub fn test_al(&mut self, v: u8) -> &mut Self {
+        self.emit(&[0xa8, v])
+    }
+
+    /// `cmp al, imm8` (3C ib).
+    pub fn cmp_al(&mut self, v: u8) -> &mut Self {
+        self.emit(&[0x3c, v])
+    }
+
+    /// `jz short target` (74 rel8).
+    pub fn jz_short(&mut self, target: usize) -> &mut Self {
+        let rel = target as i64 - (self.here() as i64 + 2);
+        self.emit(&[0x74, rel as i8 as u8])
+    }
+
+    /// `jnz short target` (75 rel8).
+    pub fn jnz_short(&mut self, target: usize) -> &mut Self {
+        let rel = target as i64 - (self.here() as i64 + 2);
+        self.emit(&[0x75, rel as i8 as u8])
+    }
+
     /// `hlt` (F4).
     pub fn hlt(&mut self) -> &mut Self {
         self.emit(&[0xf4])
