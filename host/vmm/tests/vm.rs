@@ -264,6 +264,38 @@ fn a_vcpu_fault_is_reported_with_its_index_and_address() {
     }
 }
 
+/// A device that panics on any access.
+struct Exploding;
+
+impl husk_vmm::devices::bus::BusDevice for Exploding {
+    fn read(&mut self, _offset: u64, _data: &mut [u8]) {
+        panic!("test device: read");
+    }
+    fn write(&mut self, _offset: u64, _data: &[u8]) {
+        panic!("test device: write (expected by the test)");
+    }
+}
+
+#[test]
+fn a_device_panicking_on_a_vcpu_thread_ends_the_vm_with_a_fault() {
+    if !kvm_present("a_device_panicking_on_a_vcpu_thread_ends_the_vm_with_a_fault") {
+        return;
+    }
+    const DEV: u64 = 0xD000_0000;
+    let code = Asm::new().mov_rax(DEV).store_byte_to_rax(1).spin().finish();
+    let mut b = VmBuilder::new(raw_spec(code, EntryMode::Long64, true));
+    b.add_mmio_device(Arc::new(Mutex::new(Exploding)), DEV, 0x1000);
+    let mut vmm = b.build().unwrap();
+    let r = vmm.wait_timeout(GUEST_TIMEOUT);
+    assert_eq!(
+        r,
+        Some(ExitReason::Fault(
+            husk_vmm::vstate::vcpu::VcpuFault::Panicked { vcpu: 0 }
+        ))
+    );
+    assert_eq!(vmm.running_vcpus(), 0);
+}
+
 #[test]
 fn pause_and_resume_a_guest_in_a_loop() {
     if !kvm_present("pause_and_resume_a_guest_in_a_loop") {

@@ -81,6 +81,8 @@ pub enum VcpuFault {
     },
     #[error("vCPU {vcpu}: the guest reported a crash (KVM system event) at rip {}", show_rip(*rip))]
     Crash { vcpu: u8, rip: Option<u64> },
+    #[error("vCPU {vcpu}: its thread panicked (a device model failed on it)")]
+    Panicked { vcpu: u8 },
     #[error("vCPU {vcpu}: unsupported KVM exit {reason} at rip {}", show_rip(*rip))]
     Unsupported {
         vcpu: u8,
@@ -371,17 +373,24 @@ impl Vcpu {
         let spawned = std::thread::Builder::new()
             .name(format!("husk-vcpu{index}"))
             .spawn(move || {
+                // Declared before the vCPU so it drops after it, also when a device panics on
+                // this thread: the owner always hears why the thread ended.
+                let mut guard = ThreadGuard {
+                    index,
+                    control: ctl,
+                    sink,
+                    why: None,
+                };
                 let mut this = self;
-                let why = this.run_loop(&ctl, &first_run);
+                let why = this.run_loop(&guard.control, &first_run);
                 match &why {
                     VcpuStop::Stopped => tracing::debug!(vcpu = index, "vCPU stopped"),
                     VcpuStop::Fault(f) => tracing::warn!(vcpu = index, "{f}"),
                     other => tracing::info!(vcpu = index, reason = ?other, "vCPU exited"),
                 }
+                guard.why = Some(why);
                 // Drop the fd (and its kvm_run mapping) before telling anyone.
                 drop(this);
-                ctl.leave();
-                sink.report(index, why);
             });
         match spawned {
             Ok(thread) => Ok(VcpuHandle { index, thread }),
@@ -402,7 +411,9 @@ impl Vcpu {
     fn run_loop(&mut self, control: &RunControl, first_run: &OnceLock<Instant>) -> VcpuStop {
         let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
         KVM_RUN.with(|p| p.set(run_ptr));
-        let why = loop {
+        // Forgets the pointer on every way out of here (a panic included), before the fd goes.
+        let _forget = ForgetKvmRun;
+        loop {
             // Clear any kick first, then look at the request: a request made after this point
             // comes with a kick that makes the next KVM_RUN return at once.
             self.fd.set_kvm_immediate_exit(0);
@@ -454,9 +465,7 @@ impl Vcpu {
                     })
                 }
             }
-        };
-        KVM_RUN.with(|p| p.set(null_mut()));
-        why
+        }
     }
 }
 
@@ -506,6 +515,35 @@ fn dispatch(vcpu: u8, io_bus: &Bus, mmio_bus: &Bus, exit: VcpuExit<'_>) -> Step 
         }
     }
     Step::Continue
+}
+
+/// Clears this thread's `kvm_run` pointer for the kick handler when dropped.
+struct ForgetKvmRun;
+
+impl Drop for ForgetKvmRun {
+    fn drop(&mut self) {
+        let _ = KVM_RUN.try_with(|p| p.set(null_mut()));
+    }
+}
+
+/// Leaves the [`RunControl`] and reports to the [`ExitSink`] when a vCPU thread ends, with
+/// [`VcpuFault::Panicked`] if it ends by a panic.
+struct ThreadGuard {
+    index: u8,
+    control: Arc<RunControl>,
+    sink: Arc<ExitSink>,
+    why: Option<VcpuStop>,
+}
+
+impl Drop for ThreadGuard {
+    fn drop(&mut self) {
+        let why = self.why.take().unwrap_or_else(|| {
+            tracing::error!(vcpu = self.index, "vCPU thread panicked");
+            VcpuStop::Fault(VcpuFault::Panicked { vcpu: self.index })
+        });
+        self.control.leave();
+        self.sink.report(self.index, why);
+    }
 }
 
 /// A running vCPU thread.
