@@ -30,6 +30,7 @@ use crate::devices::legacy::serial::{SerialDevice, SerialOut};
 use crate::devices::pseudo::boot_timer::{self, BootTimer};
 use crate::devices::virtio::transport::mmio::{MmioTransport, MMIO_SIZE, QUEUE_NOTIFY};
 use crate::devices::virtio::{GuestMemoryMmap, VirtioDevice};
+use crate::seccomp::{self, Enforcement, SeccompError, ThreadKind};
 use crate::vmm::{Vmm, VmmParts};
 use crate::vstate::kvm::{Kvm, KvmError};
 use crate::vstate::memory::{self, MemoryError};
@@ -87,6 +88,8 @@ pub struct VmSpec {
     pub serial: SerialOutput,
     /// Attach the boot timer at [`BOOT_TIMER_ADDRESS`].
     pub boot_timer: bool,
+    /// How the vCPU threads are confined once set up ([`crate::seccomp`]).
+    pub seccomp: Enforcement,
 }
 
 /// Why the VM could not be built.
@@ -108,6 +111,8 @@ pub enum BuildError {
     Regs(#[from] regs::RegsError),
     #[error(transparent)]
     Mptable(#[from] mptable::MptableError),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
     #[error("placing {what} on the {bus} bus: {source}")]
     Bus {
         what: String,
@@ -426,9 +431,15 @@ impl VmBuilder {
         let control = Arc::new(RunControl::default());
         let sink = Arc::new(ExitSink::new().map_err(io("vCPU exit eventfd"))?);
         let first_run = Arc::new(OnceLock::new());
+        let filter = seccomp::filter(ThreadKind::Vcpu, spec.seccomp)?.map(Arc::new);
         let mut handles = Vec::with_capacity(vcpus.len());
         for v in vcpus {
-            match v.start(control.clone(), sink.clone(), first_run.clone()) {
+            match v.start(
+                control.clone(),
+                sink.clone(),
+                first_run.clone(),
+                filter.clone(),
+            ) {
                 Ok(h) => handles.push(h),
                 Err(e) => {
                     control.request_stop();

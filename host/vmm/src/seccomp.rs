@@ -1,7 +1,10 @@
 //! The seccomp filters the VMM's threads confine themselves with once setup is done (as
-//! Firecracker's per-thread filters): a vCPU thread may only run KVM ioctls and the few calls
-//! its exit loop makes; a device worker (and a `husk-vhost-user` process) may only do the IO
-//! its device needs on descriptors it already holds, plus Unix-socket connects for vsock.
+//! Firecracker's and Cloud Hypervisor's per-thread filters). A device worker (and a
+//! `husk-vhost-user` process) may only do the IO its device needs on descriptors it already
+//! holds, plus Unix-socket connects (vsock, vhost-user); no open, exec, ptrace, inet sockets or
+//! KVM. A vCPU thread may do that plus KVM ioctls: the driver activates a device with an MMIO
+//! write, so the device's worker thread starts on a vCPU thread and inherits its filter (as in
+//! Cloud Hypervisor), then narrows itself to the device filter.
 //!
 //! Owns the allow-lists and installing them. Must never be applied before setup is complete
 //! (opening files, creating the VM and memory are not allowed afterwards), and must never be
@@ -113,7 +116,7 @@ const COMMON: &[(&str, i64)] = &[
     ("restart_syscall", libc::SYS_restart_syscall),
 ];
 
-/// Extra calls of a vCPU thread (beyond KVM ioctls, which are allowed by type byte).
+/// Extra calls of a vCPU thread beyond a device worker's (KVM ioctls are allowed by type byte).
 const VCPU: &[(&str, i64)] = &[("tgkill", libc::SYS_tgkill)];
 
 /// Extra calls of a device worker: epoll, socket IO, block IO, entropy, thread start-up.
@@ -163,23 +166,23 @@ const DEVICE: &[(&str, i64)] = &[
 
 /// The names of the calls `kind` may make (for `husk check` and docs), sorted.
 pub fn allowed_calls(kind: ThreadKind) -> Vec<&'static str> {
-    let mut names: Vec<&'static str> = COMMON
-        .iter()
-        .chain(match kind {
-            ThreadKind::Vcpu => VCPU,
-            ThreadKind::Device => DEVICE,
-        })
-        .map(|(n, _)| *n)
-        .collect();
+    let mut names: Vec<&'static str> = calls(kind).map(|(n, _)| *n).collect();
     names.push(match kind {
-        ThreadKind::Vcpu => "ioctl (KVM only)",
+        ThreadKind::Vcpu => "ioctl (KVM, FIONBIO, FIOCLEX)",
         ThreadKind::Device => "ioctl (FIONBIO, FIOCLEX)",
     });
-    if kind == ThreadKind::Device {
-        names.push("socket (AF_UNIX only)");
-    }
+    names.push("socket (AF_UNIX only)");
     names.sort_unstable();
     names
+}
+
+/// The unconditional calls of `kind`.
+fn calls(kind: ThreadKind) -> impl Iterator<Item = &'static (&'static str, i64)> {
+    let vcpu: &[(&str, i64)] = match kind {
+        ThreadKind::Vcpu => VCPU,
+        ThreadKind::Device => &[],
+    };
+    COMMON.iter().chain(DEVICE).chain(vcpu)
 }
 
 fn cond(
@@ -205,40 +208,30 @@ pub fn filter(
         kind: kind.name(),
         source,
     };
-    let extra = match kind {
-        ThreadKind::Vcpu => VCPU,
-        ThreadKind::Device => DEVICE,
-    };
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = COMMON
-        .iter()
-        .chain(extra)
-        .map(|(_, nr)| (*nr, Vec::new()))
-        .collect();
-    let ioctl = match kind {
-        ThreadKind::Vcpu => {
-            vec![SeccompRule::new(vec![
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        calls(kind).map(|(_, nr)| (*nr, Vec::new())).collect();
+    let mut ioctl: Vec<SeccompRule> = [FIONBIO, FIOCLEX]
+        .into_iter()
+        .map(|req| {
+            SeccompRule::new(vec![cond(1, SeccompCmpOp::Eq, req).map_err(build)?]).map_err(build)
+        })
+        .collect::<Result<_, _>>()?;
+    if kind == ThreadKind::Vcpu {
+        ioctl.push(
+            SeccompRule::new(vec![
                 cond(1, SeccompCmpOp::MaskedEq(0xff00), KVMIO << 8).map_err(build)?
             ])
-            .map_err(build)?]
-        }
-        ThreadKind::Device => [FIONBIO, FIOCLEX]
-            .into_iter()
-            .map(|req| {
-                SeccompRule::new(vec![cond(1, SeccompCmpOp::Eq, req).map_err(build)?])
-                    .map_err(build)
-            })
-            .collect::<Result<_, _>>()?,
-    };
-    rules.insert(libc::SYS_ioctl, ioctl);
-    if kind == ThreadKind::Device {
-        rules.insert(
-            libc::SYS_socket,
-            vec![SeccompRule::new(vec![
-                cond(0, SeccompCmpOp::Eq, libc::AF_UNIX as u64).map_err(build)?
-            ])
-            .map_err(build)?],
+            .map_err(build)?,
         );
     }
+    rules.insert(libc::SYS_ioctl, ioctl);
+    rules.insert(
+        libc::SYS_socket,
+        vec![SeccompRule::new(vec![
+            cond(0, SeccompCmpOp::Eq, libc::AF_UNIX as u64).map_err(build)?
+        ])
+        .map_err(build)?],
+    );
     let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, TargetArch::x86_64)
         .map_err(build)?;
     let program: BpfProgram = filter.try_into().map_err(build)?;
@@ -342,19 +335,19 @@ mod tests {
     }
 
     #[test]
-    fn a_vcpu_thread_cannot_open_sockets_or_non_kvm_ioctls() {
-        let (sock, ioctl) = confined(ThreadKind::Vcpu, || {
-            let sock = UnixStream::pair().map_err(|e| e.raw_os_error());
+    fn a_vcpu_thread_cannot_open_files_or_make_non_kvm_ioctls() {
+        let (open, ioctl) = confined(ThreadKind::Vcpu, || {
+            let open = std::fs::File::open("/etc/hostname").map_err(|e| e.raw_os_error());
             // SAFETY: TIOCGWINSZ on stdin with a valid out pointer; only the error matters.
             let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
             // SAFETY: as above.
             let rc = unsafe { libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) };
             (
-                sock.map(|_| ()),
+                open.map(|_| ()),
                 (rc, std::io::Error::last_os_error().raw_os_error()),
             )
         });
-        assert_eq!(sock, Err(Some(libc::EPERM)));
+        assert_eq!(open, Err(Some(libc::EPERM)));
         assert_eq!(ioctl, (-1, Some(libc::EPERM)));
     }
 }

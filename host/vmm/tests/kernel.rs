@@ -46,6 +46,7 @@ fn build(kernel: &str) -> Vmm {
         },
         serial: SerialOutput::Discard,
         boot_timer: true,
+        seccomp: husk_vmm::seccomp::Enforcement::Kill,
     };
     let mut b = VmBuilder::new(spec);
     b.add_virtio(Box::new(DummyVirtio::default()));

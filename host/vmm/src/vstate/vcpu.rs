@@ -83,6 +83,8 @@ pub enum VcpuFault {
     Crash { vcpu: u8, rip: Option<u64> },
     #[error("vCPU {vcpu}: its thread panicked (a device model failed on it)")]
     Panicked { vcpu: u8 },
+    #[error("vCPU {vcpu}: cannot confine its thread with seccomp: {detail}")]
+    Seccomp { vcpu: u8, detail: String },
     #[error("vCPU {vcpu}: unsupported KVM exit {reason} at rip {}", show_rip(*rip))]
     Unsupported {
         vcpu: u8,
@@ -360,11 +362,13 @@ impl Vcpu {
     }
 
     /// Starts the vCPU's thread. `first_run` is set when any vCPU first enters KVM_RUN.
+    /// `filter` (if any) confines the thread before it first enters the guest.
     pub fn start(
         self,
         control: Arc<RunControl>,
         sink: Arc<ExitSink>,
         first_run: Arc<OnceLock<Instant>>,
+        filter: Option<Arc<seccompiler::BpfProgram>>,
     ) -> Result<VcpuHandle, VcpuError> {
         install_kick_handler()?;
         let index = self.index;
@@ -382,7 +386,19 @@ impl Vcpu {
                     why: None,
                 };
                 let mut this = self;
-                let why = this.run_loop(&guard.control, &first_run);
+                let confined = match &filter {
+                    Some(f) => seccompiler::apply_filter(f).map_err(|e| {
+                        VcpuStop::Fault(VcpuFault::Seccomp {
+                            vcpu: index,
+                            detail: e.to_string(),
+                        })
+                    }),
+                    None => Ok(()),
+                };
+                let why = match confined {
+                    Ok(()) => this.run_loop(&guard.control, &first_run),
+                    Err(why) => why,
+                };
                 match &why {
                     VcpuStop::Stopped => tracing::debug!(vcpu = index, "vCPU stopped"),
                     VcpuStop::Fault(f) => tracing::warn!(vcpu = index, "{f}"),

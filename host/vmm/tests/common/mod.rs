@@ -53,6 +53,7 @@ pub fn raw_spec(code: Vec<u8>, mode: EntryMode, irqchip: bool) -> VmSpec {
         }),
         serial: SerialOutput::Discard,
         boot_timer: false,
+        seccomp: husk_vmm::seccomp::Enforcement::Kill,
     }
 }
 
