@@ -49,6 +49,8 @@ pub enum VmError {
     },
     #[error("invalid shared directory: {0}")]
     BadShare(String),
+    #[error("invalid VM configuration: {0}")]
+    BadConfig(String),
     #[error("invalid network device: {0}")]
     BadNic(String),
     #[error("cannot start {what}: {source}")]

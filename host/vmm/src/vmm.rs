@@ -83,11 +83,14 @@ pub(crate) struct VmmParts {
 
 const EV_RESET: u64 = 1;
 const EV_VCPU: u64 = 2;
+const EV_WAKE: u64 = 3;
 
 /// A running VM.
 pub struct Vmm {
     parts: VmmParts,
     epoll: Epoll,
+    /// Written by [`Vmm::waker`]s: ends a [`Vmm::wait_timeout`] early.
+    wake: EventFd,
     exit: Option<ExitReason>,
     paused: bool,
 }
@@ -116,9 +119,16 @@ impl Vmm {
             parts.sink.event().as_raw_fd(),
             EpollEvent::new(EventSet::IN, EV_VCPU),
         )?;
+        let wake = EventFd::new(libc::EFD_NONBLOCK)?;
+        epoll.ctl(
+            ControlOperation::Add,
+            wake.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, EV_WAKE),
+        )?;
         Ok(Self {
             parts,
             epoll,
+            wake,
             exit: None,
             paused: false,
         })
@@ -133,7 +143,15 @@ impl Vmm {
         }
     }
 
-    /// Like [`Self::wait`], but gives up after `timeout` (the VM keeps running).
+    /// An eventfd that, written, makes a [`Self::wait_timeout`] in progress (or the next one)
+    /// return `None` at once: how another thread gets the attention of the thread that owns
+    /// the VM and waits on it.
+    pub fn waker(&self) -> std::io::Result<EventFd> {
+        self.wake.try_clone()
+    }
+
+    /// Like [`Self::wait`], but gives up after `timeout` or when woken through a
+    /// [`Self::waker`] (the VM keeps running).
     pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitReason> {
         if let Some(r) = &self.exit {
             return Some(r.clone());
@@ -148,9 +166,17 @@ impl Vmm {
                 return None;
             }
             let ms = i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
-            let mut events = [EpollEvent::default(); 2];
-            if let Err(e) = self.epoll.wait(ms, &mut events) {
-                if e.kind() != std::io::ErrorKind::Interrupted {
+            let mut events = [EpollEvent::default(); 3];
+            match self.epoll.wait(ms, &mut events) {
+                Ok(n) => {
+                    if events[..n].iter().any(|e| e.data() == EV_WAKE) {
+                        let _ = self.wake.read();
+                        // An exit that arrived together with the wake-up still wins.
+                        return self.pending_exit().map(|r| self.finish(r));
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
                     tracing::warn!(error = %e, "waiting for the VM: epoll failed");
                     std::thread::sleep(Duration::from_millis(10));
                 }
@@ -274,6 +300,12 @@ impl Vmm {
     /// The boot time the guest signalled through the boot timer, if enabled and signalled.
     pub fn boot_time(&self) -> Option<BootTime> {
         self.parts.boot_timer.as_ref().and_then(BootTimeHandle::get)
+    }
+
+    /// A handle on the boot timer's measurement that outlives borrows of the VM (other threads
+    /// read it while one thread owns and waits on the VM).
+    pub fn boot_time_handle(&self) -> Option<BootTimeHandle> {
+        self.parts.boot_timer.clone()
     }
 
     /// When the build of this VM started.

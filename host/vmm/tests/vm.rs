@@ -367,3 +367,23 @@ fn virtio_queue_notify_is_an_ioeventfd_and_stop_resets_the_device() {
     drop(t);
     assert_eq!(*resets.lock().unwrap(), 1, "the device was reset at VM end");
 }
+
+#[test]
+fn a_waker_ends_a_wait_while_the_guest_keeps_running() {
+    if !kvm_present("a_waker_ends_a_wait_while_the_guest_keeps_running") {
+        return;
+    }
+    let code = Asm::new().spin().finish();
+    let mut vmm = VmBuilder::new(raw_spec(code, EntryMode::Long64, true))
+        .build()
+        .unwrap();
+    let waker = vmm.waker().unwrap();
+    let t = std::thread::spawn(move || waker.write(1).unwrap());
+    let started = std::time::Instant::now();
+    // Woken, not timed out: the VM is still running.
+    assert_eq!(vmm.wait_timeout(GUEST_TIMEOUT), None);
+    assert!(started.elapsed() < GUEST_TIMEOUT);
+    assert_eq!(vmm.running_vcpus(), 1);
+    t.join().unwrap();
+    assert_eq!(vmm.stop(), ExitReason::Stopped);
+}
