@@ -1,0 +1,116 @@
+//! Test-only driver side of a split virtqueue in test memory (on top of
+//! `virtio_queue::mock::MockSplitQueue`), shared by the block and rng tests: place arbitrary,
+//! possibly hostile, descriptors and chains, make them available, read the used ring back.
+
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::desc::RawDescriptor;
+use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::Queue;
+use vm_memory::GuestAddress;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::devices::virtio::GuestMemoryMmap;
+
+/// The test queue's size.
+pub const QSIZE: u16 = 16;
+/// Test guest memory size (2 MiB at 0).
+pub const MEM_SIZE: u64 = 0x20_0000;
+/// Where tests put their buffers.
+pub const DATA: u64 = 0x10_0000;
+
+pub fn test_mem() -> GuestMemoryMmap {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap()
+}
+
+/// One descriptor: address, length, device-writable.
+pub type D = (u64, u32, bool);
+
+pub struct TestQueue<'a> {
+    vq: MockSplitQueue<'a, GuestMemoryMmap>,
+    next_desc: u16,
+    avail: u16,
+}
+
+impl<'a> TestQueue<'a> {
+    pub fn new(mem: &'a GuestMemoryMmap) -> Self {
+        Self {
+            vq: MockSplitQueue::new(mem, QSIZE),
+            next_desc: 0,
+            avail: 0,
+        }
+    }
+
+    /// Writes descriptor `index` as is (flags and next included).
+    pub fn raw(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let d = Descriptor::new(addr, len, flags, next);
+        self.vq
+            .desc_table()
+            .store(index, RawDescriptor::from(d))
+            .unwrap();
+    }
+
+    /// Makes `head` available.
+    pub fn push_head(&mut self, head: u16) {
+        let avail = self.vq.avail();
+        avail
+            .ring()
+            .ref_at(usize::from(self.avail % QSIZE))
+            .unwrap()
+            .store(head);
+        self.avail = self.avail.wrapping_add(1);
+        avail.idx().store(self.avail);
+    }
+
+    /// Adds a well-linked chain and makes it available; returns its head.
+    pub fn push_chain(&mut self, descs: &[D]) -> u16 {
+        let head = self.next_desc;
+        for (i, &(addr, len, write)) in descs.iter().enumerate() {
+            let index = head + i as u16;
+            let mut flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
+            if i + 1 < descs.len() {
+                flags |= VRING_DESC_F_NEXT as u16;
+            }
+            self.raw(index, addr, len, flags, index + 1);
+        }
+        self.next_desc += descs.len() as u16;
+        self.push_head(head);
+        head
+    }
+
+    pub fn queue(&self) -> Queue {
+        self.vq.create_queue().unwrap()
+    }
+
+    pub fn used_idx(&self) -> u16 {
+        self.vq.used().idx().load()
+    }
+
+    /// The `n`th used element: (head, length).
+    pub fn used(&self, n: u16) -> (u32, u32) {
+        let e = self
+            .vq
+            .used()
+            .ring()
+            .ref_at(usize::from(n % QSIZE))
+            .unwrap()
+            .load();
+        (e.id(), e.len())
+    }
+}
+
+/// Waits until `fd` is readable, at most `timeout`; true if it is.
+pub fn wait_readable(fd: &EventFd, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: `pfd` is a valid pollfd for the duration of the call and the count is 1.
+    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+    n == 1
+}
