@@ -138,7 +138,7 @@ impl VhostUserBackendMut for BlockBackend {
         let notify = {
             let mut state = vring.get_mut();
             self.core
-                .process_queue(state.get_queue_mut(), device_event, &*mem)
+                .process_queue(state.get_queue_mut(), device_event, &mem)
                 .map_err(io::Error::other)?
         };
         if notify {
@@ -235,6 +235,104 @@ mod tests {
             .get_config(0, 8, VhostUserConfigFlags::empty(), &[0u8; 8])
             .unwrap();
         assert_eq!(config, 8u64.to_le_bytes());
+        drop(frontend);
+        server.join().unwrap().unwrap();
+    }
+
+    /// A whole request through vhost-user: memory table, vring setup, kick, call.
+    #[test]
+    fn serves_a_read_over_vhost_user() {
+        use std::time::Duration;
+
+        use vhost::{VhostUserMemoryRegionInfo, VringConfigData};
+        use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN};
+        use virtio_queue::QueueT;
+        use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+        use vmm_sys_util::eventfd::EventFd;
+
+        use crate::devices::virtio::block::request::RequestHeader;
+        use crate::devices::virtio::block::testing::{
+            memfd_mem, wait_readable, TestQueue, DATA, MEM_SIZE, QSIZE,
+        };
+
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("disk.img");
+        let content: Vec<u8> = (0..4 * SECTOR_SIZE)
+            .map(|i| (i / SECTOR_SIZE) as u8 + 1)
+            .collect();
+        std::fs::write(&image, &content).unwrap();
+        let socket = dir.path().join("blk.sock");
+        let config = BlockBackendConfig {
+            socket: socket.clone(),
+            path: image,
+            read_only: false,
+            serial: None,
+        };
+        let listener = Listener::new(&socket, true).unwrap();
+        let server = thread::spawn(move || serve_listener(&config, listener));
+
+        let mem = memfd_mem(MEM_SIZE as usize);
+        let mut tq = TestQueue::new(&mem);
+        let q = tq.queue();
+        let (hdr, buf, status) = (DATA, DATA + 0x1000, DATA + 0x100);
+        let header = RequestHeader {
+            request_type: VIRTIO_BLK_T_IN.to_le(),
+            reserved: 0,
+            sector: 2u64.to_le(),
+        };
+        mem.write_obj(header, GuestAddress(hdr)).unwrap();
+        mem.write_obj(0xeeu8, GuestAddress(status)).unwrap();
+        tq.push_chain(&[(hdr, 16, false), (buf, 512, true), (status, 1, true)]);
+
+        let mut frontend = Frontend::connect(&socket, NUM_QUEUES as u64).unwrap();
+        frontend.set_owner().unwrap();
+        let features = frontend.get_features().unwrap();
+        frontend.set_features(features).unwrap();
+        let protocol = frontend.get_protocol_features().unwrap();
+        frontend.set_protocol_features(protocol).unwrap();
+        let regions: Vec<_> = mem
+            .iter()
+            .map(|r| VhostUserMemoryRegionInfo::from_guest_region(r).unwrap())
+            .collect();
+        frontend.set_mem_table(&regions).unwrap();
+        let hva = |a: u64| mem.get_host_address(GuestAddress(a)).unwrap() as u64;
+        frontend.set_vring_num(0, QSIZE).unwrap();
+        frontend
+            .set_vring_addr(
+                0,
+                &VringConfigData {
+                    queue_max_size: QUEUE_SIZE,
+                    queue_size: QSIZE,
+                    flags: 0,
+                    desc_table_addr: hva(q.desc_table()),
+                    used_ring_addr: hva(q.used_ring()),
+                    avail_ring_addr: hva(q.avail_ring()),
+                    log_addr: None,
+                },
+            )
+            .unwrap();
+        frontend.set_vring_base(0, 0).unwrap();
+        let (kick, call) = (
+            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+        );
+        frontend.set_vring_call(0, &call).unwrap();
+        frontend.set_vring_kick(0, &kick).unwrap();
+        frontend.set_vring_enable(0, true).unwrap();
+        kick.write(1).unwrap();
+
+        assert!(
+            wait_readable(&call, Duration::from_secs(10)),
+            "no call from the back end"
+        );
+        assert_eq!(tq.used(0), (0, 513));
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(status)).unwrap(),
+            VIRTIO_BLK_S_OK as u8
+        );
+        let mut data = [0u8; 512];
+        mem.read_slice(&mut data, GuestAddress(buf)).unwrap();
+        assert!(data.iter().all(|&b| b == 3));
         drop(frontend);
         server.join().unwrap().unwrap();
     }

@@ -2,7 +2,8 @@
 //! `virtio_queue::mock::MockSplitQueue`), shared by the block and rng tests: place arbitrary,
 //! possibly hostile, descriptors and chains, make them available, read the used ring back.
 
-use std::os::fd::AsRawFd;
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::time::Duration;
 
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
@@ -10,7 +11,7 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
-use vm_memory::GuestAddress;
+use vm_memory::{FileOffset, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::virtio::GuestMemoryMmap;
@@ -21,6 +22,22 @@ pub const QSIZE: u16 = 16;
 pub const MEM_SIZE: u64 = 0x20_0000;
 /// Where tests put their buffers.
 pub const DATA: u64 = 0x10_0000;
+
+/// Guest memory backed by a memfd (what vhost-user peers need), `size` bytes at 0.
+pub fn memfd_mem(size: usize) -> GuestMemoryMmap {
+    // SAFETY: a NUL-terminated name and valid flags; the returned fd is checked.
+    let fd = unsafe { libc::memfd_create(c"husk-test-mem".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0);
+    // SAFETY: `fd` is a fresh descriptor this function owns from here on.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(size as u64).unwrap();
+    GuestMemoryMmap::from_ranges_with_files(&[(
+        GuestAddress(0),
+        size,
+        Some(FileOffset::new(file, 0)),
+    )])
+    .unwrap()
+}
 
 pub fn test_mem() -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap()

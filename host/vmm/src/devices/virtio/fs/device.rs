@@ -336,16 +336,14 @@ impl VirtioDevice for Fs {
 
 #[cfg(test)]
 mod tests {
-    use std::fs::File;
-    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixListener;
     use std::process::{Command, Stdio};
     use std::time::Duration;
 
-    use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::FileOffset;
-
     use super::*;
+    use crate::devices::virtio::block::testing::memfd_mem;
+    use virtio_queue::mock::MockSplitQueue;
 
     #[derive(Debug)]
     struct NoInterrupt;
@@ -432,21 +430,6 @@ mod tests {
         let mut fs = Fs::new("/nonexistent/virtiofsd.sock", "rootfs", 1).unwrap();
         let err = fs.activate(ctx(mem, 2)).unwrap_err().to_string();
         assert!(err.contains("cannot connect"), "{err}");
-    }
-
-    fn memfd_mem(size: usize) -> GuestMemoryMmap {
-        // SAFETY: a NUL-terminated name and valid flags; the returned fd is checked.
-        let fd = unsafe { libc::memfd_create(c"husk-test-mem".as_ptr(), libc::MFD_CLOEXEC) };
-        assert!(fd >= 0);
-        // SAFETY: `fd` is a fresh descriptor this function owns from here on.
-        let file = unsafe { File::from_raw_fd(fd) };
-        file.set_len(size as u64).unwrap();
-        GuestMemoryMmap::from_ranges_with_files(&[(
-            GuestAddress(0),
-            size,
-            Some(FileOffset::new(file, 0)),
-        )])
-        .unwrap()
     }
 
     /// The handshake with a real virtiofsd (skipped when it is not installed).

@@ -28,7 +28,7 @@ pub struct RngHandler {
 impl RngHandler {
     pub fn new(queue: Queue, mem: GuestMemoryMmap, interrupt: Arc<dyn Interrupt>) -> Self {
         Self {
-            core: RngCore::default(),
+            core: RngCore,
             queue,
             mem,
             interrupt,
