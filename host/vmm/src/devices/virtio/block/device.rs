@@ -780,6 +780,35 @@ mod tests {
     }
 
     #[test]
+    fn hostile_indirect_tables_are_dropped() {
+        use virtio_bindings::virtio_ring::VRING_DESC_F_INDIRECT;
+        let (_f, mut core) = disk(false);
+        let mem = test_mem();
+        let mut tq = TestQueue::new(&mem);
+        let indirect = VRING_DESC_F_INDIRECT as u16;
+        // A table outside guest memory, one whose length is not a whole number of
+        // descriptors, and one that points back at itself.
+        tq.raw(0, MEM_SIZE + 0x1000, 64, indirect, 0);
+        tq.push_head(0);
+        tq.raw(1, DATA + 0x8000, 20, indirect, 0);
+        tq.push_head(1);
+        let table = DATA + 0x9000;
+        let d = virtio_queue::desc::split::Descriptor::new(table, 16, indirect, 0);
+        mem.write_obj(
+            virtio_queue::desc::RawDescriptor::from(d),
+            GuestAddress(table),
+        )
+        .unwrap();
+        tq.raw(2, table, 16, indirect, 0);
+        tq.push_head(2);
+        let mut q = tq.queue();
+        assert_eq!(
+            run(&mut core, &tq, &mut q, &mem),
+            vec![(0, 0), (1, 0), (2, 0)]
+        );
+    }
+
+    #[test]
     fn a_bogus_available_index_stops_processing() {
         let (_f, mut core) = disk(false);
         let mem = test_mem();
