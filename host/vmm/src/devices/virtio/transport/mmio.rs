@@ -31,8 +31,9 @@ use virtio_bindings::virtio_mmio::{
     VIRTIO_MMIO_QUEUE_AVAIL_HIGH, VIRTIO_MMIO_QUEUE_AVAIL_LOW, VIRTIO_MMIO_QUEUE_DESC_HIGH,
     VIRTIO_MMIO_QUEUE_DESC_LOW, VIRTIO_MMIO_QUEUE_NOTIFY, VIRTIO_MMIO_QUEUE_NUM,
     VIRTIO_MMIO_QUEUE_NUM_MAX, VIRTIO_MMIO_QUEUE_READY, VIRTIO_MMIO_QUEUE_SEL,
-    VIRTIO_MMIO_QUEUE_USED_HIGH, VIRTIO_MMIO_QUEUE_USED_LOW, VIRTIO_MMIO_STATUS,
-    VIRTIO_MMIO_VENDOR_ID, VIRTIO_MMIO_VERSION,
+    VIRTIO_MMIO_QUEUE_USED_HIGH, VIRTIO_MMIO_QUEUE_USED_LOW, VIRTIO_MMIO_SHM_BASE_HIGH,
+    VIRTIO_MMIO_SHM_BASE_LOW, VIRTIO_MMIO_SHM_LEN_HIGH, VIRTIO_MMIO_SHM_LEN_LOW,
+    VIRTIO_MMIO_SHM_SEL, VIRTIO_MMIO_STATUS, VIRTIO_MMIO_VENDOR_ID, VIRTIO_MMIO_VERSION,
 };
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
@@ -55,6 +56,8 @@ pub const MMIO_VERSION: u32 = 2;
 /// The VendorID husk reports ("HUSK" would be cute; 0 is what Firecracker reports and Linux
 /// ignores it).
 pub const MMIO_VENDOR_ID: u32 = 0;
+/// What the shared-memory length and base registers read: no region.
+const NO_SHM_REGION: u32 = u32::MAX;
 /// Where device config space starts in the window.
 const CONFIG_OFFSET: u64 = VIRTIO_MMIO_CONFIG as u64;
 
@@ -262,6 +265,12 @@ impl MmioTransport {
             VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt_status.load(Ordering::SeqCst),
             VIRTIO_MMIO_STATUS => self.status,
             VIRTIO_MMIO_CONFIG_GENERATION => self.config_generation.load(Ordering::SeqCst),
+            // No shared memory regions: all-ones length and base mean "no such region" (Linux
+            // reads 0 as a region of length 0, which makes virtio-fs with DAX fail to probe).
+            VIRTIO_MMIO_SHM_LEN_LOW
+            | VIRTIO_MMIO_SHM_LEN_HIGH
+            | VIRTIO_MMIO_SHM_BASE_LOW
+            | VIRTIO_MMIO_SHM_BASE_HIGH => NO_SHM_REGION,
             _ => {
                 debug!(
                     device = self.name(),
@@ -302,6 +311,7 @@ impl MmioTransport {
                 self.interrupt_status.fetch_and(!value, Ordering::SeqCst);
             }
             VIRTIO_MMIO_STATUS => self.write_status(value),
+            VIRTIO_MMIO_SHM_SEL => {}
             VIRTIO_MMIO_QUEUE_DESC_LOW
             | VIRTIO_MMIO_QUEUE_DESC_HIGH
             | VIRTIO_MMIO_QUEUE_AVAIL_LOW
@@ -1009,6 +1019,10 @@ mod tests {
         let mut eight = [0xaau8; 8];
         t.read(0, &mut eight);
         assert_eq!(eight, [0; 8]);
+        // No shared memory regions.
+        wr(&mut t, VIRTIO_MMIO_SHM_SEL, 0);
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_SHM_LEN_LOW), u32::MAX);
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_SHM_LEN_HIGH), u32::MAX);
         // An unknown register and a write-only one read as zero.
         assert_eq!(rd(&mut t, 0xf0), 0);
         assert_eq!(rd(&mut t, VIRTIO_MMIO_QUEUE_DESC_LOW), 0);
