@@ -399,6 +399,11 @@ impl Block {
         }
     }
 
+    /// A block device over the raw image at `path` (see [`BlockCore::open`]).
+    pub fn open(path: &Path, read_only: bool, serial: Option<&str>) -> Result<Self, BlockError> {
+        BlockCore::open(path, read_only, serial).map(Self::new)
+    }
+
     /// The features the driver accepted.
     pub fn acked_features(&self) -> u64 {
         self.acked

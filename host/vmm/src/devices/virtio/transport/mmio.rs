@@ -53,8 +53,7 @@ pub const QUEUE_NOTIFY: u64 = VIRTIO_MMIO_QUEUE_NOTIFY as u64;
 pub const MMIO_MAGIC_VALUE: u32 = 0x7472_6976;
 /// The register layout version (2: virtio 1.x, no legacy).
 pub const MMIO_VERSION: u32 = 2;
-/// The VendorID husk reports ("HUSK" would be cute; 0 is what Firecracker reports and Linux
-/// ignores it).
+/// The VendorID husk reports (as Firecracker does; Linux only prints it).
 pub const MMIO_VENDOR_ID: u32 = 0;
 /// What the shared-memory length and base registers read: no region.
 const NO_SHM_REGION: u32 = u32::MAX;
