@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tracing::{debug, info, warn};
+use vhost::vhost_user::message::VhostUserHeaderFlag;
 use vhost::vhost_user::{
     Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
@@ -27,8 +28,10 @@ use crate::devices::virtio::{
 
 /// The model's name in logs and errors.
 const NAME: &str = "fs";
-/// Protocol features husk uses when virtiofsd offers them.
-const WANTED_PROTOCOL_FEATURES: VhostUserProtocolFeatures = VhostUserProtocolFeatures::MQ;
+/// Protocol features husk uses when virtiofsd offers them: MQ (check its queue count) and
+/// REPLY_ACK (every setup message is acknowledged, so a refusal surfaces at activation).
+const WANTED_PROTOCOL_FEATURES: VhostUserProtocolFeatures =
+    VhostUserProtocolFeatures::MQ.union(VhostUserProtocolFeatures::REPLY_ACK);
 
 /// Why the device could not be built or activated.
 #[derive(Debug, thiserror::Error)]
@@ -86,28 +89,29 @@ impl EventHandler for CallForwarder {
     }
 }
 
-/// An active connection: dropping it closes the socket (virtiofsd then exits).
-struct Active {
-    _frontend: Frontend,
-    forwarder: Worker,
-}
-
-impl std::fmt::Debug for Active {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Active")
-            .field("forwarder", &self.forwarder)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The virtio-fs model.
-#[derive(Debug)]
+/// The virtio-fs model. The vhost-user connection lives from the first activation until the
+/// model is dropped (dropping it closes the socket, and virtiofsd exits); a driver reset only
+/// stops the rings.
 pub struct Fs {
     socket: PathBuf,
     config: Vec<u8>,
     queue_sizes: Vec<u16>,
     acked: u64,
-    active: Option<Active>,
+    frontend: Option<Frontend>,
+    /// Forwards the call eventfds while active.
+    forwarder: Option<Worker>,
+}
+
+impl std::fmt::Debug for Fs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fs")
+            .field("socket", &self.socket)
+            .field("queues", &self.queue_sizes.len())
+            .field("acked", &self.acked)
+            .field("connected", &self.frontend.is_some())
+            .field("forwarder", &self.forwarder)
+            .finish()
+    }
 }
 
 impl Fs {
@@ -135,12 +139,13 @@ impl Fs {
             config,
             queue_sizes: vec![QUEUE_SIZE; 1 + num_request_queues as usize],
             acked: 0,
-            active: None,
+            frontend: None,
+            forwarder: None,
         })
     }
 
     fn connect(
-        &self,
+        &mut self,
         mem: &GuestMemoryMmap,
         queues: &[Queue],
         queue_events: &[EventFd],
@@ -159,12 +164,22 @@ impl Fs {
                 detail: e.to_string(),
             }
         };
-        let mut frontend =
-            Frontend::connect(&self.socket, queues.len() as u64).map_err(|e| FsError::Connect {
-                socket: self.socket.clone(),
-                detail: e.to_string(),
-            })?;
-        frontend.set_owner().map_err(proto("SET_OWNER"))?;
+        // The connection survives a driver reset (its rings were stopped then); a fresh one
+        // is claimed first. On any error below it is dropped, and virtiofsd with it.
+        let mut frontend = match self.frontend.take() {
+            Some(frontend) => frontend,
+            None => {
+                let frontend =
+                    Frontend::connect(&self.socket, queues.len() as u64).map_err(|e| {
+                        FsError::Connect {
+                            socket: self.socket.clone(),
+                            detail: e.to_string(),
+                        }
+                    })?;
+                frontend.set_owner().map_err(proto("SET_OWNER"))?;
+                frontend
+            }
+        };
         let backend_features = frontend.get_features().map_err(proto("GET_FEATURES"))?;
         if backend_features & (1 << VIRTIO_F_VERSION_1) == 0 {
             return Err(FsError::NoVersion1 {
@@ -185,6 +200,9 @@ impl Fs {
             frontend
                 .set_protocol_features(acked)
                 .map_err(proto("SET_PROTOCOL_FEATURES"))?;
+            if acked.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+                frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+            }
             if acked.contains(VhostUserProtocolFeatures::MQ) {
                 let max = frontend.get_queue_num().map_err(proto("GET_QUEUE_NUM"))?;
                 if max < queues.len() as u64 {
@@ -313,24 +331,37 @@ impl VirtioDevice for Fs {
             },
         )
         .map_err(FsError::Forwarder)?;
-        info!(device = NAME, socket = %self.socket.display(), "virtiofsd connected");
-        self.active = Some(Active {
-            _frontend: frontend,
-            forwarder,
-        });
+        info!(device = NAME, socket = %self.socket.display(), "virtiofsd serves the queues");
+        self.frontend = Some(frontend);
+        self.forwarder = Some(forwarder);
         Ok(())
     }
 
     fn reset(&mut self) {
-        if let Some(mut active) = self.active.take() {
-            active.forwarder.stop();
-            debug!(device = NAME, "disconnecting from virtiofsd");
+        let Some(mut forwarder) = self.forwarder.take() else {
+            return;
+        };
+        forwarder.stop();
+        // GET_VRING_BASE stops each ring in virtiofsd; a connection that fails it is dropped.
+        if let Some(frontend) = &self.frontend {
+            for i in 0..self.queue_sizes.len() {
+                if let Err(e) = frontend.get_vring_base(i) {
+                    warn!(
+                        device = NAME,
+                        queue = i,
+                        "cannot stop the ring, disconnecting: {e}"
+                    );
+                    self.frontend = None;
+                    break;
+                }
+            }
         }
+        debug!(device = NAME, "rings stopped");
         self.acked = 0;
     }
 
     fn is_activated(&self) -> bool {
-        self.active.is_some()
+        self.forwarder.is_some()
     }
 }
 
@@ -472,8 +503,14 @@ mod tests {
         let mem = memfd_mem(0x40_0000);
         let mut fs = Fs::new(&socket, "rootfs", 1).unwrap();
         fs.set_acked_features(1 << VIRTIO_F_VERSION_1);
-        let result = fs.activate(ctx(mem, 2));
+        let first = fs.activate(ctx(mem.clone(), 2));
         fs.reset();
+        // A driver reset keeps the connection: the device comes up again.
+        fs.set_acked_features(1 << VIRTIO_F_VERSION_1);
+        let again = fs.activate(ctx(mem, 2));
+        assert!(fs.is_activated() == again.is_ok());
+        fs.reset();
+        drop(fs);
         // virtiofsd exits once its front end hangs up.
         let pid = child.id();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -485,7 +522,8 @@ mod tests {
             // SAFETY: signalling the child this test started, by its pid.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
-        result.unwrap();
+        first.unwrap();
+        again.unwrap();
         assert!(exited, "virtiofsd did not exit after the disconnect");
     }
 }
