@@ -480,16 +480,14 @@ mod tests {
     use virtio_bindings::virtio_blk::{
         VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
     };
-    use virtio_bindings::virtio_config::{
-        VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
-        VIRTIO_CONFIG_S_FEATURES_OK,
-    };
     use virtio_bindings::virtio_mmio::*;
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use vm_memory::Bytes;
 
     use super::super::request::RequestHeader;
-    use super::super::testing::{test_mem, wait_readable, TestQueue, DATA, MEM_SIZE, QSIZE};
+    use super::super::testing::{
+        bring_up, test_mem, wait_readable, TestQueue, DATA, MEM_SIZE, QSIZE,
+    };
     use super::*;
     use crate::devices::bus::BusDevice;
     use crate::devices::virtio::transport::mmio::MmioTransport;
@@ -841,28 +839,10 @@ mod tests {
         t.read(0x100, &mut cap);
         assert_eq!(u64::from_le_bytes(cap), SECTORS);
 
-        let tq = TestQueue::new(&mem);
-        let q = tq.queue();
-        wr(&mut t, VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
-        wr(
-            &mut t,
-            VIRTIO_MMIO_STATUS,
-            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER,
-        );
-        wr(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
-        wr(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, 1);
-        let s = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK;
-        wr(&mut t, VIRTIO_MMIO_STATUS, s);
-        wr(&mut t, VIRTIO_MMIO_QUEUE_SEL, 0);
-        wr(&mut t, VIRTIO_MMIO_QUEUE_NUM, u32::from(QSIZE));
-        wr(&mut t, VIRTIO_MMIO_QUEUE_DESC_LOW, q.desc_table() as u32);
-        wr(&mut t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, q.avail_ring() as u32);
-        wr(&mut t, VIRTIO_MMIO_QUEUE_USED_LOW, q.used_ring() as u32);
-        wr(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
-        wr(&mut t, VIRTIO_MMIO_STATUS, s | VIRTIO_CONFIG_S_DRIVER_OK);
+        let mut tq = TestQueue::new(&mem);
+        bring_up(&mut t, &tq);
         assert!(t.device().is_activated());
 
-        let mut tq = tq;
         header(&mem, VIRTIO_BLK_T_IN, 2);
         tq.push_chain(&[(HDR, 16, false), (BUF, 512, true), (STATUS, 1, true)]);
         wr(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);

@@ -14,6 +14,8 @@ use virtio_queue::Queue;
 use vm_memory::{FileOffset, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::devices::bus::BusDevice;
+use crate::devices::virtio::transport::mmio::MmioTransport;
 use crate::devices::virtio::GuestMemoryMmap;
 
 /// The test queue's size.
@@ -130,4 +132,34 @@ pub fn wait_readable(fd: &EventFd, timeout: Duration) -> bool {
     // SAFETY: `pfd` is a valid pollfd for the duration of the call and the count is 1.
     let n = unsafe { libc::poll(&mut pfd, 1, ms) };
     n == 1
+}
+
+/// Drives `t` through the status handshake (virtio 1 only) with queue 0 placed where `tq`
+/// has it, up to DRIVER_OK.
+pub fn bring_up(t: &mut MmioTransport, tq: &TestQueue) {
+    use virtio_bindings::virtio_config::{
+        VIRTIO_CONFIG_S_ACKNOWLEDGE as ACK, VIRTIO_CONFIG_S_DRIVER as DRIVER,
+        VIRTIO_CONFIG_S_DRIVER_OK as DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK as FEATURES_OK,
+    };
+    use virtio_bindings::virtio_mmio::*;
+    use virtio_queue::QueueT;
+
+    let wr = |t: &mut MmioTransport, reg: u32, v: u32| t.write(u64::from(reg), &v.to_le_bytes());
+    let q = tq.queue();
+    wr(t, VIRTIO_MMIO_STATUS, ACK);
+    wr(t, VIRTIO_MMIO_STATUS, ACK | DRIVER);
+    wr(t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+    wr(t, VIRTIO_MMIO_DRIVER_FEATURES, 1);
+    wr(t, VIRTIO_MMIO_STATUS, ACK | DRIVER | FEATURES_OK);
+    wr(t, VIRTIO_MMIO_QUEUE_SEL, 0);
+    wr(t, VIRTIO_MMIO_QUEUE_NUM, u32::from(QSIZE));
+    wr(t, VIRTIO_MMIO_QUEUE_DESC_LOW, q.desc_table() as u32);
+    wr(t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, q.avail_ring() as u32);
+    wr(t, VIRTIO_MMIO_QUEUE_USED_LOW, q.used_ring() as u32);
+    wr(t, VIRTIO_MMIO_QUEUE_READY, 1);
+    wr(
+        t,
+        VIRTIO_MMIO_STATUS,
+        ACK | DRIVER | FEATURES_OK | DRIVER_OK,
+    );
 }

@@ -307,6 +307,27 @@ mod tests {
     }
 
     #[test]
+    fn serves_a_request_through_the_mmio_transport() {
+        use std::time::Duration;
+
+        use crate::devices::bus::BusDevice;
+        use crate::devices::virtio::block::testing::{bring_up, wait_readable};
+        use crate::devices::virtio::transport::mmio::{MmioTransport, QUEUE_NOTIFY};
+
+        let mem = test_mem();
+        let mut t = MmioTransport::new(mem.clone(), Box::new(Rng::new())).unwrap();
+        let mut tq = TestQueue::new(&mem);
+        bring_up(&mut t, &tq);
+        assert!(t.device().is_activated());
+        tq.push_chain(&[(DATA, 32, true)]);
+        t.write(QUEUE_NOTIFY, &0u32.to_le_bytes());
+        assert!(wait_readable(t.irq_event(), Duration::from_secs(10)));
+        assert_eq!(tq.used(0), (0, 32));
+        t.write(0x70, &0u32.to_le_bytes());
+        assert!(!t.device().is_activated());
+    }
+
+    #[test]
     fn model_advertises_type_4_with_one_queue() {
         let rng = Rng::new();
         assert_eq!(rng.device_type(), 4);
