@@ -22,7 +22,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::event_handler::BlockHandler;
-use super::request::{self, Request, RequestError, RequestType};
+use super::request::{self, Request, RequestType};
 use super::{QUEUE_SIZE, SECTOR_SIZE, SERIAL_LEN};
 use crate::devices::virtio::transport::worker::Worker;
 use crate::devices::virtio::{
@@ -217,18 +217,10 @@ impl BlockCore {
             },
             Err(e) => {
                 debug!(device = NAME, queue, head, "bad request: {e}");
-                match e {
-                    RequestError::DataDirection { .. }
-                    | RequestError::BadSegment { .. }
-                    | RequestError::BadHeader { .. }
-                    | RequestError::Unaligned { .. }
-                    | RequestError::PastEnd { .. }
-                    | RequestError::UnexpectedData { .. }
-                    | RequestError::NoData { .. } => (VIRTIO_BLK_S_IOERR, 0),
-                    RequestError::ChainTruncated { .. }
-                    | RequestError::TooFewDescriptors { .. }
-                    | RequestError::BadStatus { .. } => return 0,
+                if e.is_dropped() {
+                    return 0;
                 }
+                (VIRTIO_BLK_S_IOERR, 0)
             }
         };
         let Some(status_addr) = parsed.status else {
