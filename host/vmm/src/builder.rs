@@ -356,8 +356,9 @@ impl VmBuilder {
                 device: name,
                 detail,
             })?;
-            let t = MmioTransport::new(mem.clone(), device)
+            let mut t = MmioTransport::new(mem.clone(), device)
                 .map_err(io(format!("virtio {name}: transport eventfds")))?;
+            t.set_seccomp(spec.seccomp);
             for (q, evt) in t.queue_events().iter().enumerate() {
                 vm.register_ioevent(
                     evt,

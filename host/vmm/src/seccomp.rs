@@ -117,7 +117,9 @@ const COMMON: &[(&str, i64)] = &[
 ];
 
 /// Extra calls of a vCPU thread beyond a device worker's (KVM ioctls are allowed by type byte).
-const VCPU: &[(&str, i64)] = &[("tgkill", libc::SYS_tgkill)];
+/// `seccomp`: a device worker started on a vCPU thread narrows itself further (filters only
+/// ever add restrictions).
+const VCPU: &[(&str, i64)] = &[("tgkill", libc::SYS_tgkill), ("seccomp", libc::SYS_seccomp)];
 
 /// Extra calls of a device worker: epoll, socket IO, block IO, entropy, thread start-up.
 const DEVICE: &[(&str, i64)] = &[

@@ -24,6 +24,8 @@ use std::io;
 use std::sync::Arc;
 
 use virtio_queue::Queue;
+
+use crate::seccomp::Enforcement;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Guest memory as the VMM maps it (no dirty bitmap).
@@ -56,6 +58,8 @@ pub struct ActivateContext {
     /// One eventfd per queue, signalled when the driver kicks it.
     pub queue_events: Vec<EventFd>,
     pub interrupt: Arc<dyn Interrupt>,
+    /// How the device's worker threads confine themselves ([`crate::seccomp`]).
+    pub seccomp: Enforcement,
 }
 
 /// Why a device could not be activated.

@@ -433,6 +433,7 @@ impl VirtioDevice for Block {
             queues,
             queue_events,
             interrupt,
+            seccomp,
         } = ctx;
         let (Ok([queue]), 1) = (<[Queue; 1]>::try_from(queues), queue_events.len()) else {
             return Err(ActivateError::QueueCount {
@@ -442,12 +443,13 @@ impl VirtioDevice for Block {
             });
         };
         let handler = BlockHandler::new(self.core.clone(), queue, mem, interrupt);
-        let worker =
-            Worker::spawn(NAME, queue_events, handler).map_err(|source| ActivateError::Io {
+        let worker = Worker::spawn(NAME, queue_events, handler, seccomp).map_err(|source| {
+            ActivateError::Io {
                 device: NAME,
                 what: "cannot start the worker thread".into(),
                 source,
-            })?;
+            }
+        })?;
         self.worker = Some(worker);
         Ok(())
     }

@@ -329,6 +329,7 @@ impl VirtioDevice for Fs {
             CallForwarder {
                 interrupt: ctx.interrupt,
             },
+            ctx.seccomp,
         )
         .map_err(FsError::Forwarder)?;
         info!(device = NAME, socket = %self.socket.display(), "virtiofsd serves the queues");
@@ -442,6 +443,7 @@ mod tests {
             queues,
             queue_events,
             interrupt: Arc::new(NoInterrupt),
+            seccomp: crate::seccomp::Enforcement::Kill,
         }
     }
 

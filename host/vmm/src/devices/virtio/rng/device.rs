@@ -219,6 +219,7 @@ impl VirtioDevice for Rng {
             queues,
             queue_events,
             interrupt,
+            seccomp,
         } = ctx;
         let (Ok([queue]), 1) = (<[Queue; 1]>::try_from(queues), queue_events.len()) else {
             return Err(ActivateError::QueueCount {
@@ -228,12 +229,13 @@ impl VirtioDevice for Rng {
             });
         };
         let handler = RngHandler::new(queue, mem, interrupt);
-        let worker =
-            Worker::spawn(NAME, queue_events, handler).map_err(|source| ActivateError::Io {
+        let worker = Worker::spawn(NAME, queue_events, handler, seccomp).map_err(|source| {
+            ActivateError::Io {
                 device: NAME,
                 what: "cannot start the worker thread".into(),
                 source,
-            })?;
+            }
+        })?;
         self.worker = Some(worker);
         Ok(())
     }

@@ -44,6 +44,7 @@ use crate::devices::bus::BusDevice;
 use crate::devices::virtio::{
     ActivateContext, ActivateError, GuestMemoryMmap, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
 };
+use crate::seccomp::Enforcement;
 
 /// Size of one device's register window.
 pub const MMIO_SIZE: u64 = 0x1000;
@@ -137,6 +138,8 @@ pub struct MmioTransport {
     status: u32,
     interrupt_status: Arc<AtomicU32>,
     config_generation: Arc<AtomicU32>,
+    /// How the model's worker threads confine themselves (the builder sets the VM's choice).
+    seccomp: Enforcement,
 }
 
 impl MmioTransport {
@@ -171,7 +174,14 @@ impl MmioTransport {
             status: 0,
             interrupt_status: Arc::new(AtomicU32::new(0)),
             config_generation: Arc::new(AtomicU32::new(0)),
+            seccomp: Enforcement::Kill,
         })
+    }
+
+    /// How the model's worker threads confine themselves once activated (default: kill on any
+    /// call outside the device filter).
+    pub fn set_seccomp(&mut self, seccomp: Enforcement) {
+        self.seccomp = seccomp;
     }
 
     /// The kick eventfds, in queue order.
@@ -569,6 +579,7 @@ impl MmioTransport {
             queues,
             queue_events,
             interrupt,
+            seccomp: self.seccomp,
         })?;
         Ok(())
     }

@@ -16,6 +16,8 @@ use tracing::{debug, error, warn};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::seccomp::{Enforcement, ThreadKind};
+
 /// The epoll token of the stop eventfd (event indices are small).
 const STOP_TOKEN: u64 = u64::MAX;
 /// How many ready events one `epoll_wait` returns at most.
@@ -38,11 +40,16 @@ pub struct Worker {
 
 impl Worker {
     /// Starts a thread named `husk-<name>` that waits on `events` and calls `handler`.
+    /// The thread confines itself with the device seccomp filter (`seccomp`) before it serves
+    /// anything; if it cannot, it serves nothing (fail closed) and says why.
     pub fn spawn<H: EventHandler>(
         name: &'static str,
         events: Vec<EventFd>,
         handler: H,
+        seccomp: Enforcement,
     ) -> io::Result<Self> {
+        let filter = crate::seccomp::filter(ThreadKind::Device, seccomp)
+            .map_err(|e| io::Error::other(e.to_string()))?;
         let stop = EventFd::new(libc::EFD_NONBLOCK)?;
         let epoll = Epoll::new()?;
         for (index, event) in events.iter().enumerate() {
@@ -59,7 +66,18 @@ impl Worker {
         )?;
         let thread = thread::Builder::new()
             .name(format!("husk-{name}"))
-            .spawn(move || run(name, &epoll, &events, handler))?;
+            .spawn(move || {
+                if let Some(f) = &filter {
+                    if let Err(e) = seccompiler::apply_filter(f) {
+                        error!(
+                            worker = name,
+                            "cannot confine the worker with seccomp, it serves nothing: {e}"
+                        );
+                        return;
+                    }
+                }
+                run(name, &epoll, &events, handler)
+            })?;
         Ok(Self {
             name,
             stop,
@@ -145,7 +163,8 @@ mod tests {
         let b = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let (b_writer, a_writer) = (b.try_clone().unwrap(), a.try_clone().unwrap());
         let (tx, rx) = mpsc::channel();
-        let mut worker = Worker::spawn("test-worker", vec![a, b], Forward(tx)).unwrap();
+        let mut worker =
+            Worker::spawn("test-worker", vec![a, b], Forward(tx), Enforcement::Kill).unwrap();
         b_writer.write(1).unwrap();
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), 1);
         a_writer.write(3).unwrap();
