@@ -11,11 +11,13 @@ pub mod backend;
 pub mod boot_files;
 pub mod config;
 pub mod error;
+pub mod helper_process;
 pub mod host_probe;
 pub mod process;
 pub mod qemu;
 pub mod run_dir;
 pub mod serial;
+pub mod virtiofs;
 pub mod vm;
 pub mod vsock;
 
