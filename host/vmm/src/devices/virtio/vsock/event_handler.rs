@@ -35,7 +35,7 @@ pub struct Worker {
 #[derive(Debug)]
 pub struct SpawnError {
     pub error: ActivateError,
-    pub model: Option<VsockModel>,
+    pub model: Option<Box<VsockModel>>,
 }
 
 struct Running {
@@ -79,7 +79,7 @@ impl Worker {
             }
             Err(error) => Err(SpawnError {
                 error,
-                model: Some(model),
+                model: Some(Box::new(model)),
             }),
         }
     }

@@ -611,7 +611,10 @@ mod tests {
         );
         // The guest consumed 4 bytes: 4 more may go, limited by the rx buffer (3).
         c.send_pkt(&guest_pkt(OP_CREDIT_UPDATE, 0, 10, 4, &[]));
-        assert!(c.has_pending_rx(), "credit is back: the unread host data is due");
+        assert!(
+            c.has_pending_rx(),
+            "credit is back: the unread host data is due"
+        );
         let pkts = drain(&mut c, 3);
         assert_eq!(ops(&pkts), [OP_RW, OP_RW, OP_CREDIT_REQUEST]);
         assert_eq!(pkts[0].data.len() + pkts[1].data.len(), 4);
