@@ -25,12 +25,16 @@ use vmm_sys_util::event::{
 };
 
 use crate::devices::virtio::vsock::unix::MuxerError;
-use crate::devices::virtio::vsock::{VsockModel, NUM_QUEUES, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
+use crate::devices::virtio::vsock::{VsockModel, NUM_QUEUES, RX_QUEUE, TX_QUEUE};
 use crate::devices::virtio::{read_config_bytes, GuestMemoryMmap, VIRTIO_F_VERSION_1};
 
 /// The framework's token for the muxer's epoll set: past the queues and the framework's own
 /// exit token (`NUM_QUEUES`).
 pub const MUXER_EVENT: u16 = NUM_QUEUES as u16 + 1;
+
+/// Largest vring QEMU may set up: its vhost-user-vsock device uses 1024-entry queues
+/// (`SET_VRING_NUM` 1024), more than the 256 the virtio-mmio device offers.
+pub const MAX_QUEUE_SIZE: usize = 1024;
 
 /// What `husk-vhost-user vsock` serves.
 #[derive(Debug, Clone)]
@@ -134,7 +138,7 @@ impl VhostUserBackendMut for VsockBackend {
     }
 
     fn max_queue_size(&self) -> usize {
-        usize::from(QUEUE_SIZE)
+        MAX_QUEUE_SIZE
     }
 
     fn features(&self) -> u64 {
@@ -289,6 +293,10 @@ mod tests {
         assert!(b.get_config(0, 4096).is_empty());
         assert!(b.exit_event(0).is_some());
         assert!(MUXER_EVENT as usize > NUM_QUEUES);
+        assert!(
+            b.max_queue_size() >= 1024,
+            "QEMU's vhost-user-vsock queues are 1024 long"
+        );
     }
 
     #[test]
