@@ -67,6 +67,8 @@ struct VsockBackend {
     model: VsockModel,
     mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
     acked_features: u64,
+    /// A queue error was logged already.
+    queue_broken: bool,
     exit_consumer: EventConsumer,
     exit_notifier: EventNotifier,
 }
@@ -119,7 +121,12 @@ impl VsockBackend {
                         }
                     }
                     Ok(false) => {}
-                    Err(e) => tracing::error!("vhost-user vsock: {e}"),
+                    Err(e) if !self.queue_broken => {
+                        // The driver broke its queue; said once, not on every event.
+                        self.queue_broken = true;
+                        tracing::error!("vhost-user vsock: {e}");
+                    }
+                    Err(e) => tracing::debug!("vhost-user vsock: {e}"),
                 }
             }
             if !(tx_stalled && self.model.muxer().can_accept_tx()) {
@@ -226,6 +233,7 @@ pub fn serve(config: &VsockBackendConfig) -> Result<(), VsockBackendError> {
         model,
         mem: None,
         acked_features: 0,
+        queue_broken: false,
         exit_consumer,
         exit_notifier,
     }));
@@ -268,6 +276,7 @@ mod tests {
             model: VsockModel::new(&dir.join("v.sock"), 3).unwrap(),
             mem: None,
             acked_features: 0,
+            queue_broken: false,
             exit_consumer,
             exit_notifier,
         }

@@ -137,7 +137,7 @@ impl VsockModel {
             let len = match buf.write(&pkt) {
                 Ok(len) => len,
                 Err(e) => {
-                    tracing::warn!("lost a packet for the guest: {e}");
+                    tracing::debug!("lost a packet for the guest: {e}");
                     0
                 }
             };

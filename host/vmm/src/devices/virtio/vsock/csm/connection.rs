@@ -300,7 +300,7 @@ impl Connection {
             return;
         }
         if self.tx_buf.len() + rest.len() > CONN_TX_BUF_SIZE as usize {
-            tracing::warn!(
+            tracing::debug!(
                 local = self.local_port,
                 peer = self.peer_port,
                 "vsock: guest sent past its credit, resetting the connection"

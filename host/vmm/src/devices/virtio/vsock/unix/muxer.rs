@@ -360,7 +360,7 @@ impl Muxer {
 
     fn guest_connect(&mut self, hdr: &Header) {
         if self.connection_count() >= self.max_connections {
-            tracing::warn!(
+            tracing::debug!(
                 "vsock muxer: {} connections, refusing the guest",
                 self.max_connections
             );
