@@ -16,7 +16,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -101,10 +103,9 @@ impl Muxer {
             path: uds_path.to_owned(),
             source,
         };
-        match std::fs::remove_file(uds_path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(listen_err(e)),
+        // A stale socket from an earlier run is replaced; anything else there is an error.
+        if std::fs::symlink_metadata(uds_path).is_ok_and(|m| m.file_type().is_socket()) {
+            std::fs::remove_file(uds_path).map_err(listen_err)?;
         }
         let listener = UnixListener::bind(uds_path).map_err(listen_err)?;
         listener.set_nonblocking(true).map_err(listen_err)?;
@@ -369,12 +370,8 @@ impl Muxer {
         }
         let mut path = self.uds_path.clone().into_os_string();
         path.push(format!("_{}", hdr.dst_port));
-        let stream = match UnixStream::connect(&path) {
-            Ok(s) if s.set_nonblocking(true).is_ok() => s,
-            Ok(_) => {
-                self.queue_rst(hdr);
-                return;
-            }
+        let stream = match connect_nonblocking(Path::new(&path)) {
+            Ok(s) => s,
             Err(e) => {
                 tracing::debug!(
                     port = hdr.dst_port,
@@ -511,6 +508,47 @@ impl Muxer {
             );
         }
     }
+}
+
+/// Connects to a Unix stream socket without blocking: a listener whose backlog is full is an
+/// error (`EAGAIN`), not a wait that would stall every connection of the device.
+fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain old data, for which all zeroes is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "unusable socket path",
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    let flags = libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+    // SAFETY: a plain syscall with integer arguments.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, flags, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a socket just created here and owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // The family, the path and its terminating NUL (the path is shorter than sun_path).
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    // SAFETY: `addr` is a valid sockaddr_un of at least `len` bytes that outlives the call,
+    // and `fd` is an open socket.
+    let r = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            std::ptr::from_ref(&addr).cast::<libc::sockaddr>(),
+            len as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(UnixStream::from(fd))
 }
 
 /// Parses `CONNECT <port>` (keyword in any case, the newline already stripped).
@@ -933,6 +971,46 @@ mod tests {
         assert_eq!(f.mux.connection_count(), MAX);
         f.guest(OP_REQUEST, 1, 2, 0, 0, &[]);
         assert_eq!(ops(&f.pump_until(0, |p| !p.is_empty())), [OP_RST]);
+    }
+
+    #[test]
+    fn a_host_listener_with_a_full_backlog_is_refused_without_blocking() {
+        let mut f = fixture();
+        let mut path = f.uds.clone().into_os_string();
+        path.push("_53");
+        let _l = UnixListener::bind(&path).unwrap();
+        // Fill the (never accepted) backlog.
+        let mut queued = Vec::new();
+        loop {
+            match connect_nonblocking(Path::new(&path)) {
+                Ok(s) => queued.push(s),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+            assert!(queued.len() < 10_000);
+        }
+        f.guest(OP_REQUEST, 7000, 53, 0, 0, &[]);
+        assert_eq!(ops(&f.pump_until(0, |p| !p.is_empty())), [OP_RST]);
+        let long = Path::new("/").join("x".repeat(200));
+        assert!(connect_nonblocking(&long).is_err());
+    }
+
+    #[test]
+    fn only_a_stale_socket_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-socket");
+        std::fs::write(&file, b"data").unwrap();
+        assert!(matches!(
+            Muxer::new(&file, CID),
+            Err(MuxerError::Listen { .. })
+        ));
+        assert_eq!(std::fs::read(&file).unwrap(), b"data");
+        let sock = dir.path().join("v.sock");
+        let stale = UnixListener::bind(&sock).unwrap();
+        drop(stale);
+        let m = Muxer::new(&sock, CID).unwrap();
+        drop(m);
+        assert!(!sock.exists());
     }
 
     #[test]
