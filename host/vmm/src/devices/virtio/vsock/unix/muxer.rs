@@ -535,7 +535,7 @@ fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
     // SAFETY: `fd` is a socket just created here and owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     // The family, the path and its terminating NUL (the path is shorter than sun_path).
-    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    let len = size_of::<libc::sa_family_t>() + bytes.len() + 1;
     // SAFETY: `addr` is a valid sockaddr_un of at least `len` bytes that outlives the call,
     // and `fd` is an open socket.
     let r = unsafe {
