@@ -308,6 +308,57 @@ mod tests {
         );
     }
 
+    /// A vhost-user front end (as QEMU drives it) negotiates, reads `guest_cid` through
+    /// GET_CONFIG, sets up 1024-entry vrings, and `serve` returns Ok once it disconnects.
+    #[test]
+    fn serves_a_front_end_until_it_disconnects() {
+        use std::time::{Duration, Instant};
+        use vhost::vhost_user::message::VhostUserConfigFlags;
+        use vhost::vhost_user::{Frontend, VhostUserFrontend};
+        use vhost::VhostBackend;
+
+        let dir = tempfile::tempdir().unwrap();
+        let config = VsockBackendConfig {
+            socket: dir.path().join("vhost.sock"),
+            uds_path: dir.path().join("v.sock"),
+            guest_cid: 7,
+        };
+        let server = {
+            let config = config.clone();
+            std::thread::spawn(move || serve(&config))
+        };
+        // The socket appears once the daemon listens; connect as soon as it accepts.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut frontend = loop {
+            match Frontend::connect(&config.socket, NUM_QUEUES as u64) {
+                Ok(f) => break f,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "no vhost-user socket: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        };
+        frontend.set_owner().unwrap();
+        let features = frontend.get_features().unwrap();
+        assert_ne!(features & (1 << VIRTIO_F_VERSION_1), 0);
+        frontend.set_features(features).unwrap();
+        let protocol = frontend.get_protocol_features().unwrap();
+        assert!(protocol.contains(VhostUserProtocolFeatures::CONFIG));
+        frontend.set_protocol_features(protocol).unwrap();
+        assert_eq!(frontend.get_queue_num().unwrap(), NUM_QUEUES as u64);
+        let (_, cfg) = frontend
+            .get_config(0, 8, VhostUserConfigFlags::empty(), &[0u8; 8])
+            .unwrap();
+        assert_eq!(cfg, 7u64.to_le_bytes());
+        frontend.set_vring_num(0, 1024).unwrap();
+        frontend.set_vring_num(1, 1024).unwrap();
+        // The hybrid socket is up while the VM runs.
+        assert!(config.uds_path.exists());
+        drop(frontend);
+        server.join().unwrap().unwrap();
+        assert!(!config.uds_path.exists());
+    }
+
     #[test]
     fn serve_fails_cleanly_on_a_bad_socket_path() {
         let dir = tempfile::tempdir().unwrap();
