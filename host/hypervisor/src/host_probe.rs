@@ -108,15 +108,14 @@ pub fn kvm_kind(paths: &HostPaths) -> KvmKind {
 
 /// Resolves a program name through `$PATH` (or checks an explicit path).
 pub fn find_program(program: &Path) -> Option<PathBuf> {
-    let executable = is_executable;
     if program.components().count() > 1 {
-        return executable(program).then(|| program.to_owned());
+        return is_executable(program).then(|| program.to_owned());
     }
     std::env::var_os("PATH")
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .map(|dir| dir.join(program))
-        .find(|p| executable(p))
+        .find(|p| is_executable(p))
 }
 
 /// Resolves the vhost-user vsock back end: an explicit path is checked as is; a bare name is
@@ -141,6 +140,7 @@ pub fn find_vsock_backend(paths: &HostPaths) -> Option<PathBuf> {
         .find(|p| is_executable(p))
 }
 
+/// Whether `p` is a regular file with an execute bit.
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p)
