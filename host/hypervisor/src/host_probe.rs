@@ -6,6 +6,12 @@
 
 use std::path::{Path, PathBuf};
 
+/// husk's vhost-user back end binary (built by `cargo build -p husk-vmm --bin husk-vhost-user`).
+pub const VSOCK_BACKEND: &str = "husk-vhost-user";
+
+/// Where installed husk binaries live when they are not in `$PATH`.
+const INSTALL_DIR: &str = "/usr/local/bin";
+
 /// Where the probe looks; [`HostPaths::system`] for the real host.
 #[derive(Debug, Clone)]
 pub struct HostPaths {
@@ -14,7 +20,8 @@ pub struct HostPaths {
     pub cpuinfo: PathBuf,
     /// The QEMU binary, or a bare name looked up in `$PATH`.
     pub qemu: PathBuf,
-    /// The vhost-user vsock back end, or a bare name looked up in `$PATH`.
+    /// The vhost-user vsock back end (`husk-vhost-user`), or a bare name looked up beside the
+    /// running executable, in `$PATH` and in `/usr/local/bin` ([`find_vsock_backend`]).
     pub vsock_backend: PathBuf,
     /// The virtio-fs daemon, or a bare name looked up in `$PATH`.
     pub virtiofsd: PathBuf,
@@ -27,7 +34,7 @@ impl HostPaths {
             sys_module: "/sys/module".into(),
             cpuinfo: "/proc/cpuinfo".into(),
             qemu: "qemu-system-x86_64".into(),
-            vsock_backend: "vhost-device-vsock".into(),
+            vsock_backend: VSOCK_BACKEND.into(),
             virtiofsd: "virtiofsd".into(),
         }
     }
@@ -101,20 +108,44 @@ pub fn kvm_kind(paths: &HostPaths) -> KvmKind {
 
 /// Resolves a program name through `$PATH` (or checks an explicit path).
 pub fn find_program(program: &Path) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let executable = |p: &Path| {
-        std::fs::metadata(p)
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
-    };
     if program.components().count() > 1 {
-        return executable(program).then(|| program.to_owned());
+        return is_executable(program).then(|| program.to_owned());
     }
     std::env::var_os("PATH")
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .map(|dir| dir.join(program))
-        .find(|p| executable(p))
+        .find(|p| is_executable(p))
+}
+
+/// Resolves the vhost-user vsock back end: an explicit path is checked as is; a bare name is
+/// looked up beside the running executable (and one directory up, since test binaries live in
+/// `target/<profile>/deps`), then in `$PATH`, then in `/usr/local/bin`.
+pub fn find_vsock_backend(paths: &HostPaths) -> Option<PathBuf> {
+    let program = paths.vsock_backend.as_path();
+    if program.components().count() > 1 {
+        return find_program(program);
+    }
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_owned));
+    let beside = exe_dir
+        .iter()
+        .flat_map(|d| [Some(d.clone()), d.parent().map(Path::to_owned)])
+        .flatten()
+        .map(|d| d.join(program));
+    beside
+        .chain(find_program(program))
+        .chain(std::iter::once(Path::new(INSTALL_DIR).join(program)))
+        .find(|p| is_executable(p))
+}
+
+/// Whether `p` is a regular file with an execute bit.
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 /// The host TSC frequency in kHz, from `/proc/cpuinfo` when the CPU has an invariant TSC.
@@ -194,5 +225,34 @@ mod tests {
         assert!(find_program(Path::new("sh")).is_some());
         assert!(find_program(Path::new("/nonexistent/qemu")).is_none());
         assert!(find_program(Path::new("husk-no-such-program")).is_none());
+    }
+
+    #[test]
+    fn finds_the_vsock_backend_beside_the_executable_first() {
+        let exe_dir = std::env::current_exe()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_owned();
+        let paths = HostPaths {
+            vsock_backend: "/nonexistent/husk-vhost-user".into(),
+            ..HostPaths::system()
+        };
+        assert_eq!(find_vsock_backend(&paths), None);
+        // The test binary itself stands in for a program beside the executable.
+        let me = std::env::current_exe().unwrap();
+        let paths = HostPaths {
+            vsock_backend: me.file_name().unwrap().into(),
+            ..HostPaths::system()
+        };
+        assert_eq!(
+            find_vsock_backend(&paths),
+            Some(exe_dir.join(me.file_name().unwrap()))
+        );
+        let paths = HostPaths {
+            vsock_backend: "sh".into(),
+            ..HostPaths::system()
+        };
+        assert!(find_vsock_backend(&paths).is_some());
     }
 }

@@ -49,10 +49,11 @@ impl QemuBackend {
     /// Resolves the tools the back end needs on the host described by `paths`.
     pub fn new(plan: Plan, paths: &HostPaths) -> Result<Self, VmError> {
         let vsock_backend =
-            host_probe::find_program(&paths.vsock_backend).ok_or(VmError::ToolMissing {
-                what: "the vhost-user vsock back end",
+            host_probe::find_vsock_backend(paths).ok_or(VmError::ToolMissing {
+                what: "the vhost-user vsock back end (husk-vhost-user)",
                 path: paths.vsock_backend.clone(),
-                fix: "install it with `cargo install --locked vhost-device-vsock`",
+                fix: "build it with `cargo build -p husk-vmm --bin husk-vhost-user` (or run scripts/setup.sh), \
+                      next to husk or in $PATH",
             })?;
         Ok(Self {
             plan,
@@ -157,14 +158,18 @@ impl Hypervisor for QemuBackend {
             .map_err(VmError::io("binding the init channel listener"))?;
 
         let vsock_log = log_dir.join("vsock-backend.log");
-        let mut vm_arg = std::ffi::OsString::from(format!("guest-cid={GUEST_CID},socket="));
-        vm_arg.push(&vhost_socket);
-        vm_arg.push(",uds-path=");
-        vm_arg.push(&vsock_path);
         let vsock = spawn_backend(
-            "vhost-device-vsock",
+            "husk-vhost-user vsock",
             &self.vsock_backend,
-            &["--vm".into(), vm_arg],
+            &[
+                "vsock".into(),
+                "--socket".into(),
+                vhost_socket.clone().into(),
+                "--uds-path".into(),
+                vsock_path.clone().into(),
+                "--guest-cid".into(),
+                GUEST_CID.to_string().into(),
+            ],
             &vhost_socket,
             &vsock_log,
         )?;
