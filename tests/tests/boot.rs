@@ -219,3 +219,32 @@ fn a_host_directory_is_shared_into_the_guest_with_virtio_fs() {
     vm.shutdown(SHUTDOWN_TIMEOUT).expect("clean shutdown");
     h.finish(vm);
 }
+
+#[test]
+fn the_vsock_device_back_end_serves_confined_by_seccomp() {
+    let h = Harness::new();
+    let (mut vm, _) = h.boot_ready(&h.config(&h.image("default")));
+    // QEMU, then husk's vhost-user vsock back end.
+    let pids = vm.pids();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pids[1])).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(
+        std::fs::read_to_string(format!("/proc/{}/cmdline", pids[1]))
+            .unwrap()
+            .contains("husk-vhost-user"),
+        "pid {} is not husk-vhost-user",
+        pids[1]
+    );
+    // 2 = SECCOMP_MODE_FILTER; the guest still works through it.
+    assert_eq!(field("Seccomp:"), "2", "{status}");
+    assert_eq!(field("NoNewPrivs:"), "1", "{status}");
+    vm.shutdown(SHUTDOWN_TIMEOUT).expect("clean shutdown");
+    h.finish(vm);
+}

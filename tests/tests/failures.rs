@@ -120,14 +120,14 @@ fn no_kvm_and_no_qemu_is_a_clear_error() {
     );
 
     let paths = HostPaths {
-        vsock_backend: "/nonexistent/vhost-device-vsock".into(),
+        vsock_backend: "/nonexistent/husk-vhost-user".into(),
         ..HostPaths::system()
     };
     let msg = husk_hypervisor::for_host(BackendChoice::Auto, &paths)
         .unwrap_err()
         .to_string();
     assert!(
-        msg.contains("cargo install --locked vhost-device-vsock"),
+        msg.contains("cargo build -p husk-vmm --bin husk-vhost-user"),
         "{msg}"
     );
 }

@@ -25,6 +25,10 @@ struct Report {
     runs_stock_guests: bool,
     qemu: Component,
     vsock_backend: Component,
+    /// Whether the builtin VMM can run guests here, and why not.
+    builtin_vmm: String,
+    /// How the VMM's threads and device back ends are confined.
+    seccomp: String,
     kernel: Component,
     image: Component,
     debug_image: Component,
@@ -111,10 +115,29 @@ fn gather() -> Report {
         "not installed: apt-get install qemu-system-x86",
     );
     let vsock_backend = tool(
-        host_probe::find_program(&paths.vsock_backend),
-        |_| "vhost-user vsock back end".into(),
-        "not installed: cargo install --locked vhost-device-vsock",
+        host_probe::find_vsock_backend(&paths),
+        |_| "husk's vhost-user vsock device, for QEMU".into(),
+        "not found: build it with `cargo build -p husk-vmm --bin husk-vhost-user` (scripts/setup.sh installs it)",
     );
+    let builtin_vmm = if kvm.runs_stock_guests() {
+        "available: hardware virtualisation runs Linux guests in-process".to_owned()
+    } else {
+        format!(
+            "not used: it needs hardware virtualisation (kvm_intel or kvm_amd) and /dev/kvm is {}; \
+             its device models still serve QEMU (husk-vhost-user)",
+            kvm.describe()
+        )
+    };
+    let seccomp = if husk_vmm::seccomp::kernel_supports_filters() {
+        format!(
+            "enforced: vCPU threads {} calls + KVM ioctls, device threads and husk-vhost-user {} calls; anything else kills",
+            husk_vmm::seccomp::allowed_calls(husk_vmm::seccomp::ThreadKind::Vcpu).len(),
+            husk_vmm::seccomp::allowed_calls(husk_vmm::seccomp::ThreadKind::Device).len(),
+        )
+    } else {
+        "NOT available: this kernel cannot install seccomp filters (CONFIG_SECCOMP_FILTER)"
+            .to_owned()
+    };
     let kernel = kernel_component(artifacts::kernel());
     let image = image_component(artifacts::image("default"));
     let debug_image = image_component(artifacts::image("debug"));
@@ -128,7 +151,7 @@ fn gather() -> Report {
         }
     };
     if !vsock_backend.ok {
-        problems.push(format!("vhost-device-vsock {}", vsock_backend.detail));
+        problems.push(format!("husk-vhost-user {}", vsock_backend.detail));
     }
     for c in [&kernel, &image] {
         if !c.ok {
@@ -141,6 +164,8 @@ fn gather() -> Report {
         can_run: problems.is_empty(),
         qemu,
         vsock_backend,
+        builtin_vmm,
+        seccomp,
         kernel,
         image,
         debug_image,
@@ -171,6 +196,8 @@ pub fn run(json: bool) -> anyhow::Result<ExitCode> {
             )
             .row("QEMU", show(&r.qemu))
             .row("vsock back end", show(&r.vsock_backend))
+            .row("builtin VMM", &r.builtin_vmm)
+            .row("VMM seccomp", &r.seccomp)
             .row("guest kernel", show(&r.kernel))
             .row("guest image", show(&r.image))
             .row("debug image", show(&r.debug_image))

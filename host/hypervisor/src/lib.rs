@@ -2,13 +2,14 @@
 //! vsock, read its serial console, learn when init is ready, and stop it without leaving
 //! anything behind.
 //!
-//! Back ends: `qemu` (an external QEMU, KVM or TCG) today; `builtin` (the embedded VMM,
-//! host/vmm) plugs into the same [`Hypervisor`] trait. This crate must never run a container or
+//! Back ends: `qemu` (an external QEMU, KVM or TCG, with husk's own vhost-user vsock device)
+//! and `builtin` (husk's embedded VMM, host/vmm, in-process, on hardware virtualisation). This crate must never run a container or
 //! speak the agent protocol: it ends at "a VM whose init is ready".
 
 pub mod artifacts;
 pub mod backend;
 pub mod boot_files;
+pub mod builtin;
 pub mod config;
 pub mod error;
 pub mod helper_process;
@@ -40,5 +41,8 @@ pub trait Hypervisor: std::fmt::Debug + Send + Sync {
 /// The hypervisor `choice` resolves to on the host described by `paths`.
 pub fn for_host(choice: BackendChoice, paths: &HostPaths) -> Result<Box<dyn Hypervisor>, VmError> {
     let plan = backend::plan_for_host(choice, paths)?;
-    Ok(Box::new(qemu::QemuBackend::new(plan, paths)?))
+    Ok(match plan.backend {
+        "builtin" => Box::new(builtin::BuiltinBackend::new(plan, paths)),
+        _ => Box::new(qemu::QemuBackend::new(plan, paths)?),
+    })
 }

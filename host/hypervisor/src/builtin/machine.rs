@@ -6,7 +6,7 @@
 //! for longer than a command takes: pause/resume wait for the VMM's answer with a bound, kill
 //! joins the monitor (which joins every vCPU and device thread).
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -163,7 +163,9 @@ impl std::io::Write for Console {
 
 impl Machine for BuiltinMachine {
     fn exit_fd(&self) -> BorrowedFd<'_> {
-        self.exit_evt.as_fd()
+        // SAFETY: the eventfd is owned by `self` and outlives the borrow, which is tied to
+        // `self`'s lifetime.
+        unsafe { BorrowedFd::borrow_raw(self.exit_evt.as_raw_fd()) }
     }
 
     fn try_exit(&mut self) -> Option<String> {
@@ -176,7 +178,7 @@ impl Machine for BuiltinMachine {
     }
 
     fn wait_exit(&mut self, timeout: Duration) -> Option<String> {
-        let mut fds = [PollFd::new(self.exit_evt.as_fd(), PollFlags::POLLIN)];
+        let mut fds = [PollFd::new(self.exit_fd(), PollFlags::POLLIN)];
         let _ = poll(
             &mut fds,
             PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX),

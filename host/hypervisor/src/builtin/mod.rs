@@ -105,11 +105,12 @@ impl Hypervisor for BuiltinBackend {
                 virtiofs::spawn(self.virtiofsd.as_deref(), share, &run_dir, &log_dir)?;
             virtiofsd.push(process);
             fs_devices.push(
-                husk_vmm::devices::virtio::fs::Fs::new(&share.tag, &socket)
-                    .map_err(|e| VmError::BackendFailed {
+                husk_vmm::devices::virtio::fs::Fs::new(&socket, &share.tag, 1).map_err(|e| {
+                    VmError::BackendFailed {
                         what: "virtio-fs",
                         detail: e.to_string(),
-                    })?,
+                    }
+                })?,
             );
         }
 
@@ -127,12 +128,11 @@ impl Hypervisor for BuiltinBackend {
             boot_timer: true,
             seccomp: self.seccomp,
         };
-        let vsock = Vsock::new(GUEST_CID.into(), &vsock_path).map_err(|e| {
-            VmError::BackendFailed {
+        let vsock =
+            Vsock::new(GUEST_CID.into(), &vsock_path).map_err(|e| VmError::BackendFailed {
                 what: "vsock",
                 detail: e.to_string(),
-            }
-        })?;
+            })?;
         let mut builder = VmBuilder::new(spec);
         builder
             .serial_writer(Box::new(std::fs::File::from(serial_in)))
@@ -173,7 +173,7 @@ mod tests {
 
     #[test]
     fn the_command_line_names_the_boot_timer_before_the_callers_words() {
-        let mut c = VmConfig::new("/k".into(), std::path::Path::new("/i"));
+        let mut c = VmConfig::new("/k", "/i");
         c.extra_cmdline = vec!["husk.hostname=x".into()];
         assert_eq!(
             cmdline_extra(&c),

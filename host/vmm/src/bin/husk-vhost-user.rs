@@ -6,11 +6,16 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use husk_vmm::seccomp::Enforcement;
 use husk_vmm::vhost_user::{block, vsock};
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Serve a husk virtio device to QEMU over vhost-user")]
 struct Cli {
+    /// Once QEMU has connected the process confines itself with seccomp: `enforce` (a call
+    /// outside the device filter kills it), `log` (allowed and logged by the kernel), `off`.
+    #[arg(long, global = true, default_value = "enforce")]
+    seccomp: Enforcement,
     #[command(subcommand)]
     device: Device,
 }
@@ -55,7 +60,9 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(false)
         .with_target(false)
         .init();
-    match Cli::parse().device {
+    let cli = Cli::parse();
+    let seccomp = cli.seccomp;
+    match cli.device {
         Device::Vsock {
             socket,
             uds_path,
@@ -64,6 +71,7 @@ fn main() -> anyhow::Result<()> {
             socket: socket.clone(),
             uds_path,
             guest_cid,
+            seccomp,
         })
         .with_context(|| format!("serving vhost-user vsock on {}", socket.display())),
         Device::Block {
@@ -76,6 +84,7 @@ fn main() -> anyhow::Result<()> {
             path,
             read_only,
             serial,
+            seccomp,
         })
         .with_context(|| format!("serving vhost-user block on {}", socket.display())),
     }

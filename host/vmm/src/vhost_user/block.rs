@@ -22,6 +22,7 @@ use vmm_sys_util::event::{
 
 use crate::devices::virtio::block::{BlockCore, BlockError, QUEUE_SIZE};
 use crate::devices::virtio::read_config_bytes;
+use crate::seccomp::{self, Enforcement, SeccompError, ThreadKind};
 
 /// The one request queue.
 const NUM_QUEUES: usize = 1;
@@ -38,11 +39,16 @@ pub struct BlockBackendConfig {
     pub read_only: bool,
     /// The serial id the guest reads (VIRTIO_BLK_T_GET_ID), at most 20 bytes.
     pub serial: Option<String>,
+    /// How the whole process is confined once the front end has connected
+    /// ([`crate::seccomp`]).
+    pub seccomp: Enforcement,
 }
 
 /// Why the back end stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum BlockBackendError {
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
     #[error(transparent)]
     Disk(#[from] BlockError),
     #[error("vhost-user block: cannot listen on {socket}: {detail}")]
@@ -177,6 +183,8 @@ pub fn serve_listener(
     let mut daemon =
         VhostUserDaemon::new(DAEMON_NAME.into(), backend, mem).map_err(daemon_error)?;
     daemon.start(&mut listener).map_err(daemon_error)?;
+    // Set up: the front end is connected and every thread exists. From here on it only serves.
+    seccomp::apply_to_process(ThreadKind::Device, config.seccomp)?;
     match daemon.wait() {
         Ok(()) => Ok(()),
         Err(vhost_user_backend::Error::HandleRequest(
@@ -211,6 +219,7 @@ mod tests {
             path: image,
             read_only: true,
             serial: None,
+            seccomp: Enforcement::Off,
         };
         let listener = Listener::new(&socket, true).unwrap();
         let server = thread::spawn(move || serve_listener(&config, listener));
@@ -267,6 +276,7 @@ mod tests {
             path: image,
             read_only: false,
             serial: None,
+            seccomp: Enforcement::Off,
         };
         let listener = Listener::new(&socket, true).unwrap();
         let server = thread::spawn(move || serve_listener(&config, listener));
@@ -345,6 +355,7 @@ mod tests {
             path: dir.path().join("nope.img"),
             read_only: false,
             serial: None,
+            seccomp: Enforcement::Off,
         };
         let listener = Listener::new(&config.socket, true).unwrap();
         assert!(matches!(

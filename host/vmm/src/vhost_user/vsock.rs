@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::Listener;
 use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT};
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
@@ -27,6 +28,7 @@ use vmm_sys_util::event::{
 use crate::devices::virtio::vsock::unix::MuxerError;
 use crate::devices::virtio::vsock::{VsockModel, NUM_QUEUES, RX_QUEUE, TX_QUEUE};
 use crate::devices::virtio::{read_config_bytes, GuestMemoryMmap, VIRTIO_F_VERSION_1};
+use crate::seccomp::{self, Enforcement, SeccompError, ThreadKind};
 
 /// The framework's token for the muxer's epoll set: past the queues and the framework's own
 /// exit token (`NUM_QUEUES`).
@@ -45,11 +47,15 @@ pub struct VsockBackendConfig {
     pub uds_path: PathBuf,
     /// The guest's context id.
     pub guest_cid: u64,
+    /// How the whole process is confined once QEMU has connected ([`crate::seccomp`]).
+    pub seccomp: Enforcement,
 }
 
 /// Why the back end stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum VsockBackendError {
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
     #[error(transparent)]
     Muxer(#[from] MuxerError),
     #[error("vhost-user vsock: creating the exit eventfd: {0}")]
@@ -258,7 +264,34 @@ pub fn serve(config: &VsockBackendConfig) -> Result<(), VsockBackendError> {
         guest_cid = config.guest_cid,
         "vhost-user vsock: serving"
     );
-    let result = daemon.serve(&config.socket).map_err(daemon_err("serving"));
+    let mut listener =
+        Listener::new(&config.socket, true).map_err(|e| VsockBackendError::Daemon {
+            socket: config.socket.clone(),
+            what: "listening",
+            detail: e.to_string(),
+        })?;
+    daemon
+        .start(&mut listener)
+        .map_err(daemon_err("accepting QEMU"))?;
+    // Set up: QEMU is connected and every thread exists. From here on the process only serves.
+    seccomp::apply_to_process(ThreadKind::Device, config.seccomp)?;
+    let result = match daemon.wait() {
+        Ok(()) => Ok(()),
+        // QEMU going away is how a VM ends.
+        Err(vhost_user_backend::Error::HandleRequest(
+            vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+        )) => Ok(()),
+        Err(e) => Err(daemon_err("serving")(e)),
+    };
+    // Lets the framework's vring thread leave (as `VhostUserDaemon::serve` does).
+    if let Err(e) = backend
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .exit_notifier
+        .notify()
+    {
+        tracing::warn!("vhost-user vsock: cannot stop the vring thread: {e}");
+    }
     // The muxer (and its listener socket file) goes with the backend.
     drop(daemon);
     drop(backend);
@@ -322,6 +355,7 @@ mod tests {
             socket: dir.path().join("vhost.sock"),
             uds_path: dir.path().join("v.sock"),
             guest_cid: 7,
+            seccomp: Enforcement::Off,
         };
         let server = {
             let config = config.clone();
@@ -366,6 +400,7 @@ mod tests {
             socket: dir.path().join("no/such/dir/vhost.sock"),
             uds_path: dir.path().join("v.sock"),
             guest_cid: 3,
+            seccomp: Enforcement::Off,
         })
         .unwrap_err();
         assert!(matches!(e, VsockBackendError::Daemon { .. }), "{e}");

@@ -201,6 +201,7 @@ mod tests {
             queues: vec![rx.create_queue::<Queue>().unwrap()],
             queue_events: vec![EventFd::new(libc::EFD_NONBLOCK).unwrap()],
             interrupt: irq.clone(),
+            seccomp: crate::seccomp::Enforcement::Kill,
         };
         assert!(matches!(
             d.activate(bad),
@@ -222,6 +223,7 @@ mod tests {
             ],
             queue_events: kicks.iter().map(|k| k.try_clone().unwrap()).collect(),
             interrupt: irq.clone(),
+            seccomp: crate::seccomp::Enforcement::Kill,
         };
         d.activate(ctx).unwrap();
         assert!(d.is_activated());
@@ -252,6 +254,7 @@ mod tests {
             ],
             queue_events: kicks.iter().map(|k| k.try_clone().unwrap()).collect(),
             interrupt: irq,
+            seccomp: crate::seccomp::Enforcement::Kill,
         };
         d.activate(ctx).unwrap();
         drop(c);

@@ -15,6 +15,8 @@ use virtio_queue::Queue;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::seccomp::ThreadKind;
+
 use super::model::{ModelError, VsockModel};
 use super::{NUM_QUEUES, RX_QUEUE, TX_QUEUE};
 use crate::devices::virtio::{ActivateContext, ActivateError, GuestMemoryMmap, Interrupt};
@@ -60,6 +62,18 @@ impl Worker {
     pub fn spawn(model: VsockModel, ctx: ActivateContext) -> Result<Self, SpawnError> {
         match Self::prepare(&model, &ctx) {
             Ok((stop, epoll)) => {
+                let filter = match crate::seccomp::filter(ThreadKind::Device, ctx.seccomp) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        return Err(SpawnError {
+                            error: ActivateError::Backend {
+                                device: "vsock",
+                                detail: e.to_string(),
+                            },
+                            model: Some(Box::new(model)),
+                        })
+                    }
+                };
                 let running = Running {
                     model,
                     mem: ctx.mem,
@@ -70,7 +84,18 @@ impl Worker {
                 };
                 let handle = std::thread::Builder::new()
                     .name("husk-vsock".into())
-                    .spawn(move || running.run())
+                    .spawn(move || {
+                        // Confined before serving anything; unconfined it serves nothing.
+                        if let Some(f) = &filter {
+                            if let Err(e) = seccompiler::apply_filter(f) {
+                                tracing::error!(
+                                    "vsock: cannot confine the worker with seccomp, it serves nothing: {e}"
+                                );
+                                return running.model;
+                            }
+                        }
+                        running.run()
+                    })
                     .map_err(|e| SpawnError {
                         error: io_err("spawning the worker thread")(e),
                         model: None,
