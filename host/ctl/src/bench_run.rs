@@ -25,7 +25,7 @@ use crate::run::{execute, spec_for, Io, Timings};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 const RPC_CALLS: usize = 500;
-const THROUGHPUT_BYTES: usize = 64 << 20;
+pub(crate) const THROUGHPUT_BYTES: usize = 64 << 20;
 
 /// Flags of `husk bench run`.
 #[derive(Debug, Clone, clap::Args)]
@@ -80,7 +80,7 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn husk_cfg(rootfs: &Path) -> VmConfig {
+pub(crate) fn husk_cfg(rootfs: &Path) -> VmConfig {
     let mut c = VmConfig::new(artifacts::kernel(), artifacts::image("default"));
     c.run_root = artifacts::run_root();
     c.log_root = artifacts::log_root();
@@ -137,7 +137,7 @@ async fn check_rounds(client: &AgentClient) -> anyhow::Result<Vec<Duration>> {
     Ok(v)
 }
 
-fn rpc_in_vm(hv: &dyn Hypervisor, rootfs: &Path) -> anyhow::Result<Vec<Duration>> {
+pub(crate) fn rpc_in_vm(hv: &dyn Hypervisor, rootfs: &Path) -> anyhow::Result<Vec<Duration>> {
     let mut vm = hv.boot(&husk_cfg(rootfs))?;
     vm.wait_ready(TIMEOUT)?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -182,6 +182,28 @@ fn rpc_on_host(agent: &Path, scratch: &Path) -> anyhow::Result<Vec<Duration>> {
     let _ = child.kill();
     let _ = child.wait();
     result
+}
+
+/// Time for a container in a fresh VM to write [`THROUGHPUT_BYTES`] (`/data.bin`, written into
+/// `rootfs` first) to its stdout, which the host reads over vsock: start to exit.
+pub(crate) fn stdout_throughput(hv: &dyn Hypervisor, rootfs: &Path) -> anyhow::Result<Duration> {
+    let data_path = rootfs.join("data.bin");
+    if !data_path.exists() {
+        let data: Vec<u8> = (0..THROUGHPUT_BYTES)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        std::fs::write(&data_path, &data)?;
+    }
+    let spec_dd = spec_for(
+        &["dd".into(), "if=/data.bin".into(), "bs=1M".into()],
+        &[],
+        "bench",
+    )?;
+    let o = execute(hv, &husk_cfg(rootfs), &spec_dd, Io::Discard, TIMEOUT)?;
+    if o.code != 0 {
+        bail!("dd in the container exited {}", o.code);
+    }
+    Ok(o.timings.exited.saturating_sub(o.timings.started))
 }
 
 fn host_cat(data: &Path) -> anyhow::Result<Duration> {
@@ -244,17 +266,7 @@ fn measure(args: &RunBenchArgs, hv: &dyn Hypervisor, scratch: &Path) -> anyhow::
     let host_rpc = stats(&rpc_on_host(&args.agent, scratch)?);
 
     eprintln!("[bench] stdout throughput: 64 MiB through a container, and cat on the host");
-    let data: Vec<u8> = (0..THROUGHPUT_BYTES)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
-    std::fs::write(rootfs.join("data.bin"), &data)?;
-    let spec_dd = spec_for(
-        &["dd".into(), "if=/data.bin".into(), "bs=1M".into()],
-        &[],
-        "bench",
-    )?;
-    let o = execute(hv, &husk_cfg(&rootfs), &spec_dd, Io::Discard, TIMEOUT)?;
-    let in_vm = o.timings.exited.saturating_sub(o.timings.started);
+    let in_vm = stdout_throughput(hv, &rootfs)?;
     let cat = host_cat(&rootfs.join("data.bin"))?;
     let mib = THROUGHPUT_BYTES as f64 / 1048576.0;
 

@@ -6,6 +6,7 @@
 
 mod bench;
 mod bench_run;
+mod bench_vsock;
 mod check;
 mod env;
 mod exit;
@@ -126,6 +127,8 @@ enum BenchCommand {
     Boot(bench::BootBenchArgs),
     /// `husk run` latency, agent RPC round trip and stdout throughput against references.
     Run(bench_run::RunBenchArgs),
+    /// husk's vhost-user vsock device against vhost-device-vsock: RPC latency, throughput.
+    Vsock(bench_vsock::VsockBenchArgs),
 }
 
 fn init_logging(level: &str) {
@@ -165,6 +168,7 @@ fn main() -> ExitCode {
         Command::Image(ImageCommand::Busybox(args)) => image::busybox(&args),
         Command::Bench(BenchCommand::Boot(args)) => bench::boot(&args),
         Command::Bench(BenchCommand::Run(args)) => bench_run::run(&args),
+        Command::Bench(BenchCommand::Vsock(args)) => bench_vsock::run(&args),
     };
     match result {
         Ok(code) => code,

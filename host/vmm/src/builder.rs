@@ -432,7 +432,7 @@ impl VmBuilder {
         let control = Arc::new(RunControl::default());
         let sink = Arc::new(ExitSink::new().map_err(io("vCPU exit eventfd"))?);
         let first_run = Arc::new(OnceLock::new());
-        let filter = seccomp::filter(ThreadKind::Vcpu, spec.seccomp)?.map(Arc::new);
+        let filter = seccomp::filter(ThreadKind::Vcpu, spec.seccomp)?;
         let mut handles = Vec::with_capacity(vcpus.len());
         for v in vcpus {
             match v.start(

@@ -195,11 +195,39 @@ fn cond(
     SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value)
 }
 
-/// Compiles the filter for `kind`; `None` when `enforcement` is [`Enforcement::Off`].
-pub fn filter(
+/// A compiled filter for one kind of thread: the allow-list, plus a second program that makes
+/// `open`/`openat` fail with EACCES instead of killing (glibc's malloc opens
+/// `/proc/sys/vm/overcommit_memory` the first time it shrinks a thread's heap, and copes when
+/// it cannot; nothing of ours opens files after setup). Stacked filters take the strictest
+/// answer, so the errno wins over the allow-list for those two calls only.
+#[derive(Debug, Clone)]
+pub struct Filter {
     kind: ThreadKind,
-    enforcement: Enforcement,
-) -> Result<Option<BpfProgram>, SeccompError> {
+    programs: std::sync::Arc<[BpfProgram]>,
+}
+
+impl Filter {
+    /// Confines the calling thread (and the threads it creates from now on).
+    pub fn install(&self) -> Result<(), SeccompError> {
+        self.install_with(seccompiler::apply_filter)
+    }
+
+    fn install_with(
+        &self,
+        install: fn(&[seccompiler::sock_filter]) -> seccompiler::Result<()>,
+    ) -> Result<(), SeccompError> {
+        for program in self.programs.iter() {
+            install(program).map_err(|source| SeccompError::Install {
+                kind: self.kind.name(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Compiles the filter for `kind`; `None` when `enforcement` is [`Enforcement::Off`].
+pub fn filter(kind: ThreadKind, enforcement: Enforcement) -> Result<Option<Filter>, SeccompError> {
     let mismatch = match enforcement {
         Enforcement::Off => return Ok(None),
         Enforcement::Kill => SeccompAction::KillProcess,
@@ -234,40 +262,56 @@ pub fn filter(
         ])
         .map_err(build)?],
     );
-    let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, TargetArch::x86_64)
+    // The errno program lists open and openat as "allowed" in the allow-list too, so that the
+    // allow-list does not kill them: the stricter errno answer is what the thread gets.
+    rules.insert(libc::SYS_open, Vec::new());
+    rules.insert(libc::SYS_openat, Vec::new());
+    let allow = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, TargetArch::x86_64)
         .map_err(build)?;
-    let program: BpfProgram = filter.try_into().map_err(build)?;
-    Ok(Some(program))
+    let opens = [libc::SYS_open, libc::SYS_openat]
+        .into_iter()
+        .map(|nr| (nr, Vec::new()))
+        .collect();
+    let no_open = SeccompFilter::new(
+        opens,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EACCES as u32),
+        TargetArch::x86_64,
+    )
+    .map_err(build)?;
+    // The errno program first: once the allow-list is in, `seccomp` itself may be refused.
+    let programs: Vec<BpfProgram> = vec![
+        no_open.try_into().map_err(build)?,
+        allow.try_into().map_err(build)?,
+    ];
+    Ok(Some(Filter {
+        kind,
+        programs: programs.into(),
+    }))
 }
 
 /// Confines the calling thread (and the threads it creates from now on).
 pub fn apply(kind: ThreadKind, enforcement: Enforcement) -> Result<(), SeccompError> {
-    apply_with(kind, enforcement, seccompiler::apply_filter)
+    match filter(kind, enforcement)? {
+        Some(f) => f.install(),
+        None => Ok(()),
+    }
 }
 
 /// Confines every thread of the process (a `husk-vhost-user` process, after setup).
 pub fn apply_to_process(kind: ThreadKind, enforcement: Enforcement) -> Result<(), SeccompError> {
-    apply_with(kind, enforcement, seccompiler::apply_filter_all_threads)
-}
-
-fn apply_with(
-    kind: ThreadKind,
-    enforcement: Enforcement,
-    install: fn(&[seccompiler::sock_filter]) -> seccompiler::Result<()>,
-) -> Result<(), SeccompError> {
-    let Some(program) = filter(kind, enforcement)? else {
-        return Ok(());
-    };
-    install(&program).map_err(|source| SeccompError::Install {
-        kind: kind.name(),
-        source,
-    })?;
-    tracing::debug!(
-        thread = kind.name(),
-        ?enforcement,
-        "seccomp filter installed"
-    );
-    Ok(())
+    match filter(kind, enforcement)? {
+        Some(f) => {
+            f.install_with(seccompiler::apply_filter_all_threads)?;
+            tracing::debug!(
+                thread = kind.name(),
+                ?enforcement,
+                "seccomp filter installed"
+            );
+            Ok(())
+        }
+        None => Ok(()),
+    }
 }
 
 /// Whether this kernel can install seccomp filters (`/proc/sys/kernel/seccomp/actions_avail`
@@ -331,7 +375,8 @@ mod tests {
             })();
             (open, (inet, inet_err), pair.map_err(|e| e.to_string()))
         });
-        assert_eq!(open.unwrap_err(), Some(libc::EPERM));
+        // Opens fail softly (EACCES, see `Filter`); everything else outside the list is denied.
+        assert_eq!(open.unwrap_err(), Some(libc::EACCES));
         assert_eq!(inet, (-1, Some(libc::EPERM)));
         assert_eq!(pair, Ok(b'x'));
     }
@@ -349,7 +394,7 @@ mod tests {
                 (rc, std::io::Error::last_os_error().raw_os_error()),
             )
         });
-        assert_eq!(open, Err(Some(libc::EPERM)));
+        assert_eq!(open, Err(Some(libc::EACCES)));
         assert_eq!(ioctl, (-1, Some(libc::EPERM)));
     }
 }

@@ -8,9 +8,10 @@
 mod cmdline;
 mod qmp;
 
+use std::ffi::OsString;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -67,6 +68,31 @@ impl QemuBackend {
         &self.plan
     }
 }
+
+/// The vsock back end's arguments: husk's own (`husk-vhost-user vsock ...`), or, for the vsock
+/// benchmark's reference run only, rust-vmm's `vhost-device-vsock` (`--vm guest-cid=...`), told
+/// apart by the program's file name.
+fn vsock_args(program: &Path, vhost_socket: &Path, vsock_path: &Path) -> Vec<OsString> {
+    if program.file_name() == Some(std::ffi::OsStr::new(REFERENCE_VSOCK)) {
+        let mut vm = OsString::from(format!("guest-cid={GUEST_CID},socket="));
+        vm.push(vhost_socket);
+        vm.push(",uds-path=");
+        vm.push(vsock_path);
+        return vec!["--vm".into(), vm];
+    }
+    vec![
+        "vsock".into(),
+        "--socket".into(),
+        vhost_socket.into(),
+        "--uds-path".into(),
+        vsock_path.into(),
+        "--guest-cid".into(),
+        GUEST_CID.to_string().into(),
+    ]
+}
+
+/// rust-vmm's vhost-user vsock back end: the reference of `husk bench vsock`.
+pub const REFERENCE_VSOCK: &str = "vhost-device-vsock";
 
 /// QEMU and its vsock back end, for one VM.
 #[derive(Debug)]
@@ -159,17 +185,9 @@ impl Hypervisor for QemuBackend {
 
         let vsock_log = log_dir.join("vsock-backend.log");
         let vsock = spawn_backend(
-            "husk-vhost-user vsock",
+            "the vhost-user vsock back end",
             &self.vsock_backend,
-            &[
-                "vsock".into(),
-                "--socket".into(),
-                vhost_socket.clone().into(),
-                "--uds-path".into(),
-                vsock_path.clone().into(),
-                "--guest-cid".into(),
-                GUEST_CID.to_string().into(),
-            ],
+            &vsock_args(&self.vsock_backend, &vhost_socket, &vsock_path),
             &vhost_socket,
             &vsock_log,
         )?;

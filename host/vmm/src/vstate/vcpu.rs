@@ -368,7 +368,7 @@ impl Vcpu {
         control: Arc<RunControl>,
         sink: Arc<ExitSink>,
         first_run: Arc<OnceLock<Instant>>,
-        filter: Option<Arc<seccompiler::BpfProgram>>,
+        filter: Option<crate::seccomp::Filter>,
     ) -> Result<VcpuHandle, VcpuError> {
         install_kick_handler()?;
         let index = self.index;
@@ -387,7 +387,7 @@ impl Vcpu {
                 };
                 let mut this = self;
                 let confined = match &filter {
-                    Some(f) => seccompiler::apply_filter(f).map_err(|e| {
+                    Some(f) => f.install().map_err(|e| {
                         VcpuStop::Fault(VcpuFault::Seccomp {
                             vcpu: index,
                             detail: e.to_string(),

@@ -68,7 +68,7 @@ impl Worker {
             .name(format!("husk-{name}"))
             .spawn(move || {
                 if let Some(f) = &filter {
-                    if let Err(e) = seccompiler::apply_filter(f) {
+                    if let Err(e) = f.install() {
                         error!(
                             worker = name,
                             "cannot confine the worker with seccomp, it serves nothing: {e}"

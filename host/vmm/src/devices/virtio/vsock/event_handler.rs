@@ -87,7 +87,7 @@ impl Worker {
                     .spawn(move || {
                         // Confined before serving anything; unconfined it serves nothing.
                         if let Some(f) = &filter {
-                            if let Err(e) = seccompiler::apply_filter(f) {
+                            if let Err(e) = f.install() {
                                 tracing::error!(
                                     "vsock: cannot confine the worker with seccomp, it serves nothing: {e}"
                                 );

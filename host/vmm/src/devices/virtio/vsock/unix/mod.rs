@@ -7,4 +7,4 @@
 
 mod muxer;
 
-pub use muxer::{Muxer, MuxerError, MAX_CONNECTIONS, MAX_CONNECT_LINE};
+pub use muxer::{parse_connect, Muxer, MuxerError, MAX_CONNECTIONS, MAX_CONNECT_LINE};

@@ -551,8 +551,9 @@ fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
     Ok(UnixStream::from(fd))
 }
 
-/// Parses `CONNECT <port>` (keyword in any case, the newline already stripped).
-fn parse_connect(line: &[u8]) -> Result<u32, &'static str> {
+/// Parses `CONNECT <port>` (keyword in any case, the newline already stripped). Public for the
+/// fuzz target: the line comes from any host process that can reach the socket.
+pub fn parse_connect(line: &[u8]) -> Result<u32, &'static str> {
     let text = std::str::from_utf8(line).map_err(|_| "not text")?;
     let mut words = text.split_ascii_whitespace();
     match (words.next(), words.next(), words.next()) {
