@@ -6,6 +6,7 @@
 
 mod bench;
 mod bench_run;
+mod bench_vmm;
 mod check;
 mod env;
 mod exit;
@@ -126,6 +127,8 @@ enum BenchCommand {
     Boot(bench::BootBenchArgs),
     /// `husk run` latency, agent RPC round trip and stdout throughput against references.
     Run(bench_run::RunBenchArgs),
+    /// husk's KVM VMM against bare kvm-ioctls: build → first instruction, IO exits/s, memory.
+    Vmm(bench_vmm::VmmBenchArgs),
 }
 
 fn init_logging(level: &str) {
@@ -165,6 +168,7 @@ fn main() -> ExitCode {
         Command::Image(ImageCommand::Busybox(args)) => image::busybox(&args),
         Command::Bench(BenchCommand::Boot(args)) => bench::boot(&args),
         Command::Bench(BenchCommand::Run(args)) => bench_run::run(&args),
+        Command::Bench(BenchCommand::Vmm(args)) => bench_vmm::run(&args),
     };
     match result {
         Ok(code) => code,
