@@ -219,7 +219,9 @@ impl BareMemory {
     fn write(&mut self, addr: u64, bytes: &[u8]) -> anyhow::Result<()> {
         let start = usize::try_from(addr)?;
         ensure!(
-            start.checked_add(bytes.len()).is_some_and(|e| e <= self.len),
+            start
+                .checked_add(bytes.len())
+                .is_some_and(|e| e <= self.len),
             "guest write outside RAM"
         );
         // SAFETY: `start..start + len` lies inside the live mapping (checked above), which
@@ -284,11 +286,7 @@ impl BareVm {
             ..Default::default()
         };
         vcpu.set_regs(&regs).context("KVM_SET_REGS")?;
-        Ok(Self {
-            vcpu,
-            _vm: vm,
-            mem,
-        })
+        Ok(Self { vcpu, _vm: vm, mem })
     }
 
     /// Runs until `hlt`; returns the number of port-out exits on the way.
@@ -382,8 +380,7 @@ fn mapping_rss_kib(smaps: &str, addr: usize) -> anyhow::Result<u64> {
 }
 
 fn guest_rss_kib(addrs: &[usize]) -> anyhow::Result<u64> {
-    let smaps =
-        std::fs::read_to_string("/proc/self/smaps").context("reading /proc/self/smaps")?;
+    let smaps = std::fs::read_to_string("/proc/self/smaps").context("reading /proc/self/smaps")?;
     addrs.iter().map(|&a| mapping_rss_kib(&smaps, a)).sum()
 }
 
@@ -517,6 +514,9 @@ struct Memory {
     husk_overhead_mib: Spread,
     bare_overhead_mib: Spread,
     husk_guest_rss_mib: Spread,
+    /// The whole probe process (the `husk` binary with the VM alive) minus guest pages.
+    husk_process_mib: Spread,
+    bare_process_mib: Spread,
     median_ratio: f64,
     firecracker_target_mib: f64,
     husk_samples: Vec<MemSample>,
@@ -567,6 +567,18 @@ pub fn run(args: &VmmBenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The six orders of the three build variants (0: husk, 1: husk with irqchip, 2: bare).
+const ORDERS: [[usize; 3]; 6] = [
+    [0, 1, 2],
+    [0, 2, 1],
+    [1, 0, 2],
+    [1, 2, 0],
+    [2, 0, 1],
+    [2, 1, 0],
+];
+/// Pause before each timed build.
+const SETTLE: Duration = Duration::from_millis(10);
+
 fn measure(args: &VmmBenchArgs) -> anyhow::Result<Report> {
     let n = args.runs;
     // Warm-up (page cache, the kick handler, first-use allocations), not recorded.
@@ -576,9 +588,16 @@ fn measure(args: &VmmBenchArgs) -> anyhow::Result<Report> {
     let (mut h, mut hi, mut b) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..n {
         eprintln!("[bench] build → first KVM_RUN {}/{n}", i + 1);
-        h.push(husk_first_run(false).context("husk, no irqchip")?);
-        hi.push(husk_first_run(true).context("husk, irqchip")?);
-        b.push(bare_first_run().context("bare KVM")?);
+        // Every order in turn, so no variant always follows the teardown of the same other
+        // one, and a pause first, so the previous VM's teardown in the kernel is over.
+        for k in ORDERS[i % ORDERS.len()] {
+            std::thread::sleep(SETTLE);
+            match k {
+                0 => h.push(husk_first_run(false).context("husk, no irqchip")?),
+                1 => hi.push(husk_first_run(true).context("husk, irqchip")?),
+                _ => b.push(bare_first_run().context("bare KVM")?),
+            }
+        }
     }
     let (h, hi, b) = (stats(&h), stats(&hi), stats(&b));
     let first_run = FirstRun {
@@ -591,8 +610,13 @@ fn measure(args: &VmmBenchArgs) -> anyhow::Result<Report> {
     let (mut h, mut b) = (Vec::new(), Vec::new());
     for i in 0..n {
         eprintln!("[bench] {} IO exits {}/{n}", args.io_exits, i + 1);
-        h.push(husk_io_loop(args.io_exits).context("husk IO loop")?);
-        b.push(bare_io_loop(args.io_exits).context("bare IO loop")?);
+        if i % 2 == 0 {
+            h.push(husk_io_loop(args.io_exits).context("husk IO loop")?);
+            b.push(bare_io_loop(args.io_exits).context("bare IO loop")?);
+        } else {
+            b.push(bare_io_loop(args.io_exits).context("bare IO loop")?);
+            h.push(husk_io_loop(args.io_exits).context("husk IO loop")?);
+        }
     }
     let rate = |d: &[Duration]| -> Vec<f64> {
         d.iter()
@@ -612,8 +636,13 @@ fn measure(args: &VmmBenchArgs) -> anyhow::Result<Report> {
     let (mut hs, mut bs) = (Vec::new(), Vec::new());
     for i in 0..n {
         eprintln!("[bench] memory (fresh process each) {}/{n}", i + 1);
-        hs.push(memory_sample(Probe::Husk)?);
-        bs.push(memory_sample(Probe::Bare)?);
+        if i % 2 == 0 {
+            hs.push(memory_sample(Probe::Husk)?);
+            bs.push(memory_sample(Probe::Bare)?);
+        } else {
+            bs.push(memory_sample(Probe::Bare)?);
+            hs.push(memory_sample(Probe::Husk)?);
+        }
     }
     let mib = |v: &[MemSample], f: fn(&MemSample) -> f64| -> Spread {
         spread(&v.iter().map(f).collect::<Vec<_>>())
@@ -625,6 +654,12 @@ fn measure(args: &VmmBenchArgs) -> anyhow::Result<Report> {
         husk_overhead_mib: ho,
         bare_overhead_mib: bo,
         husk_guest_rss_mib: mib(&hs, |s| s.guest_rss_kib as f64 / 1024.0),
+        husk_process_mib: mib(&hs, |s| {
+            (s.rss_after_kib as f64 - s.guest_rss_kib as f64) / 1024.0
+        }),
+        bare_process_mib: mib(&bs, |s| {
+            (s.rss_after_kib as f64 - s.guest_rss_kib as f64) / 1024.0
+        }),
         firecracker_target_mib: FIRECRACKER_TARGET_MIB,
         husk_samples: hs,
         bare_samples: bs,
@@ -678,7 +713,9 @@ fn print_report(r: &Report) {
         "  ratio husk / bare (median, no irqchip)  {:.2}×",
         f.median_ratio
     );
-    println!("  (bare: open /dev/kvm, CREATE_VM, memfd + mmap + 1 memslot, CREATE_VCPU, SREGS/REGS;");
+    println!(
+        "  (bare: open /dev/kvm, CREATE_VM, memfd + mmap + 1 memslot, CREATE_VCPU, SREGS/REGS;"
+    );
     println!("   husk adds CPUID, FPU, MSRs, its buses and devices, and a vCPU thread)");
 
     let io = &r.io_exits;
@@ -722,9 +759,15 @@ fn print_report(r: &Report) {
         m.median_ratio
     );
     println!(
-        "  Firecracker's published target         ≤ {:.0} MiB (1 vCPU, 128 MiB guest)",
+        "  Firecracker's published target         ≤ {:.0} MiB (1 vCPU, 128 MiB guest; its whole process)",
         m.firecracker_target_mib
     );
+    mb("whole husk process − guest pages", &m.husk_process_mib);
+    mb("whole bare process − guest pages", &m.bare_process_mib);
+    println!(
+        "  (whole process: the `husk` CLI binary itself (clap, tracing, …) with the VM alive; both"
+    );
+    println!("   probes are the same binary, so the difference between the rows is the VMM)");
     println!(
         "  husk median deltas: RssAnon {:+.2} MiB, RssFile {:+.2} MiB, RssShmem {:+.2} MiB; guest pages in RSS {:.2} MiB",
         median_of(&m.husk_samples, |s| s.anon_delta_kib),
@@ -732,9 +775,14 @@ fn print_report(r: &Report) {
         median_of(&m.husk_samples, |s| s.shmem_delta_kib),
         m.husk_guest_rss_mib.median
     );
-    println!("  (overhead = VmRSS after − VmRSS before the build − guest pages in RSS; guest RAM is a");
-    println!("   memfd mapped shared, so its touched pages count in RssShmem: they are the `Rss` of");
-    println!("   its mapping in /proc/self/smaps and are subtracted; kernel memory (KVM's own) is not RSS)");
+    println!(
+        "  (overhead = VmRSS after − VmRSS before the build − guest pages in RSS; guest RAM is a"
+    );
+    println!(
+        "   memfd mapped shared, so its touched pages count in RssShmem: they are the `Rss` of"
+    );
+    println!("   its mapping in /proc/self/smaps and are subtracted; RssFile is mostly husk-vmm's code pages");
+    println!("   first run by the build, plus the kvm_run page; KVM's kernel memory is not RSS)");
 }
 
 #[cfg(test)]
