@@ -695,6 +695,12 @@ fn median_of(v: &[MemSample], f: fn(&MemSample) -> i64) -> f64 {
     x.get(x.len() / 2).copied().unwrap_or(0) as f64 / 1024.0
 }
 
+/// A measurement's title, then the column heads.
+fn header(title: &str) {
+    println!("  {title}");
+    println!("  {:<36} {:>11} {:>11} {:>11}", "", "min", "median", "max");
+}
+
 fn print_report(r: &Report) {
     println!(
         "VMM benchmark: husk-vmm against bare kvm-ioctls, same guest blob, {} runs each ({} build)",
@@ -707,10 +713,10 @@ fn print_report(r: &Report) {
 
     let f = &r.first_run;
     println!();
-    println!("  build → first KVM_RUN                  min      median         max");
+    header("build → first KVM_RUN");
     let us = |name: &str, s: &Stats| {
         println!(
-            "  {name:<32} {:>8.0} µs {:>8.0} µs {:>8.0} µs",
+            "  {name:<36} {:>8.0} µs {:>8.0} µs {:>8.0} µs",
             s.min_ms * 1000.0,
             s.median_ms * 1000.0,
             s.max_ms * 1000.0
@@ -739,13 +745,13 @@ fn print_report(r: &Report) {
 
     let io = &r.io_exits;
     println!();
-    println!(
-        "  IO-exit round trips ({} `out` to port {SCRATCH_PORT:#x} per run)   min      median         max",
+    header(&format!(
+        "IO-exit round trips ({} `out` to port {SCRATCH_PORT:#x} per run)",
         io.exits_per_run
-    );
+    ));
     let rate = |name: &str, s: &Spread| {
         println!(
-            "  {name:<32} {:>8.0} /s  {:>8.0} /s  {:>8.0} /s   ({:.2} µs per exit, median)",
+            "  {name:<36} {:>8.0} /s {:>8.0} /s {:>8.0} /s   ({:.2} µs per exit, median)",
             s.min,
             s.median,
             s.max,
@@ -762,12 +768,12 @@ fn print_report(r: &Report) {
 
     let m = &r.memory;
     println!();
-    println!(
-        "  VMM memory overhead, {MEM_MIB} MiB guest (fresh process per sample)   min      median         max"
-    );
+    header(&format!(
+        "VMM memory overhead, {MEM_MIB} MiB guest (fresh process per sample)"
+    ));
     let mb = |name: &str, s: &Spread| {
         println!(
-            "  {name:<32} {:>7.2} MiB {:>7.2} MiB {:>7.2} MiB",
+            "  {name:<36} {:>7.2} MiB {:>7.2} MiB {:>7.2} MiB",
             s.min, s.median, s.max
         )
     };
