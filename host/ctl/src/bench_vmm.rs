@@ -531,6 +531,8 @@ struct Memory {
 #[derive(Debug, Serialize)]
 struct Report {
     kvm: String,
+    /// /proc/loadavg and the CPU count when the benchmark started (the host is often shared).
+    load_at_start: String,
     build: &'static str,
     runs: usize,
     first_run: FirstRun,
@@ -586,6 +588,14 @@ const SETTLE: Duration = Duration::from_millis(10);
 
 fn measure(args: &VmmBenchArgs) -> anyhow::Result<Report> {
     let n = args.runs;
+    let load_at_start = format!(
+        "load average {} on {} CPUs",
+        std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| l.split_whitespace().next().map(str::to_string))
+            .unwrap_or_else(|| "?".into()),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     // Warm-up (page cache, the kick handler, first-use allocations), not recorded.
     husk_first_run(false)?;
     bare_first_run()?;
@@ -677,6 +687,7 @@ fn measure(args: &VmmBenchArgs) -> anyhow::Result<Report> {
 
     Ok(Report {
         kvm: kvm_words(),
+        load_at_start,
         build: if cfg!(debug_assertions) {
             "debug"
         } else {
@@ -707,6 +718,7 @@ fn print_report(r: &Report) {
         r.runs, r.build
     );
     println!("  /dev/kvm: {}", r.kvm);
+    println!("  host at start: {}", r.load_at_start);
     println!(
         "  guests: a few bytes of 16-bit real-mode code at {CODE_ADDR:#x}; 1 vCPU, {MEM_MIB} MiB memfd RAM"
     );
