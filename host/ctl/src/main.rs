@@ -7,6 +7,7 @@
 mod bench;
 mod bench_run;
 mod bench_vsock;
+mod bench_vmm;
 mod check;
 mod env;
 mod exit;
@@ -129,6 +130,8 @@ enum BenchCommand {
     Run(bench_run::RunBenchArgs),
     /// husk's vhost-user vsock device against vhost-device-vsock: RPC latency, throughput.
     Vsock(bench_vsock::VsockBenchArgs),
+    /// husk's KVM VMM against bare kvm-ioctls: build → first instruction, IO exits/s, memory.
+    Vmm(bench_vmm::VmmBenchArgs),
 }
 
 fn init_logging(level: &str) {
@@ -169,6 +172,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Boot(args)) => bench::boot(&args),
         Command::Bench(BenchCommand::Run(args)) => bench_run::run(&args),
         Command::Bench(BenchCommand::Vsock(args)) => bench_vsock::run(&args),
+        Command::Bench(BenchCommand::Vmm(args)) => bench_vmm::run(&args),
     };
     match result {
         Ok(code) => code,
