@@ -130,6 +130,8 @@ fn husk_spec(code: Vec<u8>, irqchip: bool) -> VmSpec {
         }),
         serial: SerialOutput::Discard,
         boot_timer: false,
+        // As in production: the vCPU thread runs confined.
+        seccomp: husk_vmm::seccomp::Enforcement::Kill,
     }
 }
 
