@@ -248,3 +248,76 @@ fn the_vsock_device_back_end_serves_confined_by_seccomp() {
     vm.shutdown(SHUTDOWN_TIMEOUT).expect("clean shutdown");
     h.finish(vm);
 }
+
+/// Disks are served by husk's own virtio-blk model: through `husk-vhost-user block` under QEMU,
+/// so a real Linux guest reads, writes, flushes and reads the serial id through it.
+#[test]
+fn disks_are_served_by_husks_block_device() {
+    use husk_hypervisor::config::Disk;
+    let h = Harness::new();
+    let rw = h.scratch().join("rw.img");
+    let mut image = vec![0u8; 1 << 20];
+    image[..11].copy_from_slice(b"hello-block");
+    std::fs::write(&rw, &image).unwrap();
+    let ro = h.scratch().join("ro.img");
+    let mut image = vec![0u8; 64 << 10];
+    image[..14].copy_from_slice(b"read-only-disk");
+    std::fs::write(&ro, &image).unwrap();
+    let mut config = h.config(&h.image("debug"));
+    config.disks = vec![
+        Disk {
+            path: rw.clone(),
+            read_only: false,
+            serial: Some("husk-rw".into()),
+        },
+        Disk {
+            path: ro.clone(),
+            read_only: true,
+            serial: None,
+        },
+    ];
+    let (mut vm, _) = h.boot_ready(&config);
+    // QEMU, vsock, then one husk-vhost-user block per disk.
+    assert_eq!(vm.pids().len(), 4);
+
+    let read = console_run(&vm, "echo \"D1:$(head -c 11 /dev/vda)\"", "D1:");
+    assert_eq!(read.trim(), "D1:hello-block");
+    let facts = console_run(
+        &vm,
+        "echo \"D2:$(cat /sys/block/vda/serial) $(cat /sys/block/vda/size) $(cat /sys/block/vdb/ro) $(head -c 14 /dev/vdb)\"",
+        "D2:",
+    );
+    // 1 MiB = 2048 sectors; vdb is read-only (VIRTIO_BLK_F_RO).
+    assert_eq!(facts.trim(), "D2:husk-rw 2048 1 read-only-disk");
+    let wrote = console_run(
+        &vm,
+        "printf written | dd of=/dev/vda bs=512 seek=8 conv=notrunc 2>/dev/null; sync; echo \"D3:$?\"",
+        "D3:",
+    );
+    assert_eq!(wrote.trim(), "D3:0");
+    let refused = console_run(
+        &vm,
+        "printf x | dd of=/dev/vdb conv=notrunc 2>/dev/null; echo \"D4:$?\"",
+        "D4:",
+    );
+    assert_ne!(
+        refused.trim(),
+        "D4:0",
+        "a write to a read-only disk succeeded"
+    );
+
+    vm.shutdown(SHUTDOWN_TIMEOUT).expect("clean shutdown");
+    h.finish(vm);
+    let rw_now = std::fs::read(&rw).unwrap();
+    assert_eq!(
+        &rw_now[4096..4103],
+        b"written",
+        "the guest's write reached the image"
+    );
+    assert_eq!(&rw_now[..11], b"hello-block");
+    assert_eq!(
+        std::fs::read(&ro).unwrap(),
+        image,
+        "the read-only image is unchanged"
+    );
+}

@@ -6,8 +6,8 @@
 
 mod bench;
 mod bench_run;
-mod bench_vsock;
 mod bench_vmm;
+mod bench_vsock;
 mod check;
 mod env;
 mod exit;

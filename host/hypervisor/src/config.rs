@@ -60,6 +60,50 @@ pub struct NetDevice {
     pub mac: String,
 }
 
+/// A disk: a raw image file the guest sees as `/dev/vdX` (in the order given), served by
+/// husk's block device (the builtin VMM's, or `husk-vhost-user block` for QEMU).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disk {
+    pub path: PathBuf,
+    pub read_only: bool,
+    /// The serial id the guest reads (`/sys/block/vdX/serial`), at most 20 bytes of
+    /// `[A-Za-z0-9_.-]`.
+    pub serial: Option<String>,
+}
+
+/// Most disks one VM may have.
+pub const MAX_DISKS: usize = 8;
+
+/// Longest disk serial id (virtio-blk's GET_ID field).
+pub const MAX_SERIAL: usize = 20;
+
+/// Checks the disks: at most [`MAX_DISKS`], each an existing regular file, serial ids bounded.
+pub fn check_disks(disks: &[Disk]) -> Result<(), String> {
+    if disks.len() > MAX_DISKS {
+        return Err(format!(
+            "{} disks, over the limit of {MAX_DISKS}",
+            disks.len()
+        ));
+    }
+    for d in disks {
+        if !d.path.is_file() {
+            return Err(format!("disk image {} is not a file", d.path.display()));
+        }
+        if let Some(s) = &d.serial {
+            let ok = !s.is_empty()
+                && s.len() <= MAX_SERIAL
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            if !ok {
+                return Err(format!(
+                    "disk serial {s:?} must be 1-{MAX_SERIAL} of [A-Za-z0-9_.-]"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Most network devices one VM may have.
 pub const MAX_NICS: usize = 8;
 
@@ -104,6 +148,8 @@ pub struct VmConfig {
     pub shares: Vec<Share>,
     /// virtio-net devices backed by tap devices (none: the guest has only loopback).
     pub nics: Vec<NetDevice>,
+    /// virtio-blk disks (`/dev/vda`, `/dev/vdb`, ...).
+    pub disks: Vec<Disk>,
 }
 
 impl VmConfig {
@@ -121,6 +167,7 @@ impl VmConfig {
             icount: false,
             shares: Vec::new(),
             nics: Vec::new(),
+            disks: Vec::new(),
         }
     }
 

@@ -1,8 +1,8 @@
 //! The `builtin` back end: husk's own VMM ([`husk_vmm`]) runs the VM inside this process, on
 //! hardware virtualisation only (`/dev/kvm` from kvm_intel or kvm_amd). Devices: serial console,
 //! i8042 (reset ends the VM), the boot timer husk-init writes when it is ready, virtio-mmio
-//! vsock (hybrid, the same muxer QEMU's back end serves), rng, and virtio-fs through
-//! `virtiofsd`. Pod networking (virtio-net on a tap) is QEMU's for now.
+//! vsock (hybrid, the same muxer QEMU's back end serves), rng, block (disks), and virtio-fs
+//! through `virtiofsd`. Pod networking (virtio-net on a tap) is QEMU's for now.
 //!
 //! Owns turning a [`VmConfig`] into a built VM and handing it to [`machine::BuiltinMachine`].
 //! Must never leave anything behind on an error path: every process is a [`ChildProcess`],
@@ -18,6 +18,7 @@ use husk_protocols::cmdline::BOOT_TIMER;
 use husk_protocols::ports::{GUEST_CID, INIT_PORT};
 use husk_vmm::arch::x86_64::layout::BOOT_TIMER_ADDRESS;
 use husk_vmm::builder::{BootSource, SerialOutput, VmBuilder, VmSpec};
+use husk_vmm::devices::virtio::block::Block;
 use husk_vmm::devices::virtio::rng::Rng;
 use husk_vmm::devices::virtio::vsock::Vsock;
 use husk_vmm::seccomp::Enforcement;
@@ -86,6 +87,7 @@ impl Hypervisor for BuiltinBackend {
                     .into(),
             ));
         }
+        crate::config::check_disks(&config.disks).map_err(VmError::BadConfig)?;
         let vcpus = u8::try_from(config.vcpus)
             .map_err(|_| VmError::BadConfig(format!("{} vCPUs is too many", config.vcpus)))?;
 
@@ -140,6 +142,16 @@ impl Hypervisor for BuiltinBackend {
             .add_virtio(Box::new(Rng::new()));
         for fs in fs_devices {
             builder.add_virtio(Box::new(fs));
+        }
+        for disk in &config.disks {
+            let block =
+                Block::open(&disk.path, disk.read_only, disk.serial.as_deref()).map_err(|e| {
+                    VmError::BackendFailed {
+                        what: "virtio-blk",
+                        detail: e.to_string(),
+                    }
+                })?;
+            builder.add_virtio(Box::new(block));
         }
         let launched_at = Instant::now();
         let vmm = builder.build().map_err(|e| VmError::BackendFailed {

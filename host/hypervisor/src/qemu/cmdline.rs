@@ -1,7 +1,7 @@
 //! The QEMU command line for a husk VM: `-M microvm` without ACPI, shared memfd guest memory
 //! (vhost-user back ends need it; without it QEMU boots with a dead device and exits 0), the
 //! serial console on stdio, husk's vhost-user vsock device, a virtio-rng device, virtio-fs
-//! devices and virtio-net devices on tap fds the caller passes.
+//! devices, husk's vhost-user block devices and virtio-net devices on tap fds the caller passes.
 //!
 //! Owns argument construction only: pure functions, unit-tested. Must never spawn anything.
 
@@ -27,6 +27,8 @@ pub struct QemuArgs<'a> {
     pub shares: &'a [(String, PathBuf)],
     /// virtio-net devices: (the tap fd's number in QEMU, MAC address).
     pub nics: &'a [(i32, String)],
+    /// virtio-blk devices: the vhost-user sockets of their `husk-vhost-user block` back ends.
+    pub disks: &'a [PathBuf],
 }
 
 /// The guest kernel command line: serial console, leave on reset (the VM has no ACPI power-off:
@@ -121,6 +123,15 @@ pub fn argv(a: &QemuArgs<'_>) -> Vec<OsString> {
             format!("vhost-user-fs-device,chardev=fs{i},tag={tag}").into(),
         ]);
     }
+    for (i, socket) in a.disks.iter().enumerate() {
+        let mut chardev = OsString::from(format!("socket,id=blk{i},path="));
+        chardev.push(socket);
+        v.extend(["-chardev".into(), chardev]);
+        v.extend([
+            "-device".into(),
+            format!("vhost-user-blk,chardev=blk{i},num-queues=1").into(),
+        ]);
+    }
     for (i, (fd, mac)) in a.nics.iter().enumerate() {
         v.extend([
             "-netdev".into(),
@@ -154,6 +165,7 @@ mod tests {
             qmp_socket: Path::new("/run/x/qmp.sock"),
             shares: &[("rootfs".to_owned(), PathBuf::from("/run/x/fs-rootfs.sock"))],
             nics: &[(3, "02:00:0a:00:00:02".to_owned())],
+            disks: &[PathBuf::from("/run/x/blk-0.sock")],
         };
         argv(&a)
             .into_iter()
@@ -172,6 +184,8 @@ mod tests {
         assert!(v.contains(&"socket,id=fs0,path=/run/x/fs-rootfs.sock".to_owned()));
         assert!(v.contains(&"vhost-user-fs-device,chardev=fs0,tag=rootfs".to_owned()));
         assert!(v.contains(&"tap,id=net0,fd=3".to_owned()));
+        assert!(v.contains(&"socket,id=blk0,path=/run/x/blk-0.sock".to_owned()));
+        assert!(v.contains(&"vhost-user-blk,chardev=blk0,num-queues=1".to_owned()));
         assert!(v.contains(&"virtio-net-device,netdev=net0,mac=02:00:0a:00:00:02".to_owned()));
     }
 

@@ -41,6 +41,9 @@ const FIRST_NIC_FD: i32 = 3;
 pub struct QemuBackend {
     plan: Plan,
     vsock_backend: PathBuf,
+    /// husk-vhost-user for block devices (the vsock back end too, except in the vsock
+    /// benchmark's reference runs).
+    device_backend: Option<PathBuf>,
     /// Only needed by VMs with shared directories.
     virtiofsd: Option<PathBuf>,
     tsc_khz: Option<u64>,
@@ -56,9 +59,14 @@ impl QemuBackend {
                 fix: "build it with `cargo build -p husk-vmm --bin husk-vhost-user` (or run scripts/setup.sh), \
                       next to husk or in $PATH",
             })?;
+        let husk_devices = HostPaths {
+            vsock_backend: host_probe::VSOCK_BACKEND.into(),
+            ..paths.clone()
+        };
         Ok(Self {
             plan,
             vsock_backend,
+            device_backend: host_probe::find_vsock_backend(&husk_devices),
             virtiofsd: host_probe::find_program(&paths.virtiofsd),
             tsc_khz: host_probe::tsc_khz(paths),
         })
@@ -100,6 +108,8 @@ struct QemuMachine {
     qemu: ChildProcess,
     vsock: ChildProcess,
     virtiofsd: Vec<ChildProcess>,
+    /// `husk-vhost-user block`, one per disk.
+    disks: Vec<ChildProcess>,
     qmp: PathBuf,
     qemu_log: PathBuf,
 }
@@ -134,7 +144,7 @@ impl Machine for QemuMachine {
     fn kill(&mut self) {
         self.qemu.kill();
         self.vsock.kill();
-        for d in &mut self.virtiofsd {
+        for d in self.virtiofsd.iter_mut().chain(&mut self.disks) {
             d.kill();
         }
     }
@@ -142,6 +152,7 @@ impl Machine for QemuMachine {
     fn pids(&self) -> Vec<u32> {
         let mut pids = vec![self.qemu.pid(), self.vsock.pid()];
         pids.extend(self.virtiofsd.iter().map(ChildProcess::pid));
+        pids.extend(self.disks.iter().map(ChildProcess::pid));
         pids
     }
 
@@ -169,6 +180,7 @@ impl Hypervisor for QemuBackend {
             share.validate().map_err(VmError::BadShare)?;
         }
         crate::config::check_nics(&config.nics).map_err(VmError::BadNic)?;
+        crate::config::check_disks(&config.disks).map_err(VmError::BadConfig)?;
 
         let log_dir = config.log_dir();
         // Removed again on every early return below (and by the Vm once it owns it).
@@ -201,6 +213,39 @@ impl Hypervisor for QemuBackend {
             shares.push((share.tag.clone(), socket));
         }
 
+        let mut disks = Vec::new();
+        let mut disk_sockets = Vec::new();
+        for (i, disk) in config.disks.iter().enumerate() {
+            let program = self.device_backend.as_ref().ok_or_else(|| VmError::ToolMissing {
+                what: "husk-vhost-user (needed for disks)",
+                path: host_probe::VSOCK_BACKEND.into(),
+                fix: "build it with `cargo build -p husk-vmm --bin husk-vhost-user` (or run scripts/setup.sh)",
+            })?;
+            let socket = run_dir.join(format!("blk-{i}.sock"));
+            let mut args: Vec<OsString> = vec![
+                "block".into(),
+                "--socket".into(),
+                socket.clone().into(),
+                "--path".into(),
+                disk.path.clone().into(),
+            ];
+            if disk.read_only {
+                args.push("--read-only".into());
+            }
+            if let Some(serial) = &disk.serial {
+                args.extend(["--serial".into(), serial.into()]);
+            }
+            let log = log_dir.join(format!("block-{i}.log"));
+            disks.push(spawn_backend(
+                "husk-vhost-user block",
+                program,
+                &args,
+                &socket,
+                &log,
+            )?);
+            disk_sockets.push(socket);
+        }
+
         // Each tap fd is QEMU's fd FIRST_NIC_FD + i.
         let nics: Vec<(i32, String)> = config
             .nics
@@ -225,6 +270,7 @@ impl Hypervisor for QemuBackend {
             qmp_socket: &qmp_socket,
             shares: &shares,
             nics: &nics,
+            disks: &disk_sockets,
         };
         let qemu_log = log_dir.join("qemu.log");
         let launched_at = Instant::now();
@@ -272,6 +318,7 @@ impl Hypervisor for QemuBackend {
                 qemu,
                 vsock,
                 virtiofsd,
+                disks,
                 qmp: qmp_socket,
                 qemu_log,
             }),

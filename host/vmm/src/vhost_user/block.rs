@@ -20,7 +20,7 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
-use crate::devices::virtio::block::{BlockCore, BlockError, QUEUE_SIZE};
+use crate::devices::virtio::block::{BlockCore, BlockError};
 use crate::devices::virtio::read_config_bytes;
 use crate::seccomp::{self, Enforcement, SeccompError, ThreadKind};
 
@@ -28,6 +28,10 @@ use crate::seccomp::{self, Enforcement, SeccompError, ThreadKind};
 const NUM_QUEUES: usize = 1;
 /// The daemon's (and its thread's) name.
 const DAEMON_NAME: &str = "husk-vhost-user-blk";
+
+/// Largest vring accepted: QEMU 7.2's vhost-user-blk on virtio-mmio sets up 1024-entry rings
+/// (the mmio device of the builtin VMM offers [`crate::devices::virtio::block::QUEUE_SIZE`]).
+pub const MAX_QUEUE_SIZE: usize = 1024;
 
 /// What `husk-vhost-user block` serves.
 #[derive(Debug, Clone)]
@@ -84,7 +88,7 @@ impl VhostUserBackendMut for BlockBackend {
     }
 
     fn max_queue_size(&self) -> usize {
-        usize::from(QUEUE_SIZE)
+        MAX_QUEUE_SIZE
     }
 
     fn features(&self) -> u64 {
