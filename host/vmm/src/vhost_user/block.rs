@@ -315,7 +315,7 @@ mod tests {
             .set_vring_addr(
                 0,
                 &VringConfigData {
-                    queue_max_size: QUEUE_SIZE,
+                    queue_max_size: crate::devices::virtio::block::QUEUE_SIZE,
                     queue_size: QSIZE,
                     flags: 0,
                     desc_table_addr: hva(q.desc_table()),
