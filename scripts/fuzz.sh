@@ -10,5 +10,8 @@ command -v cargo-fuzz >/dev/null || { step "installing cargo-fuzz"; cargo instal
 cd "$HUSK_ROOT/fuzz"
 for target in $(cargo +nightly fuzz list); do
     step "fuzzing $target for ${seconds}s"
-    cargo +nightly fuzz run "$target" -- -max_total_time="$seconds" -rss_limit_mb=1024
+    # Hand-made seeds (valid requests the fuzzer mutates from), where a target has them.
+    seeds=(); [[ -d seeds/$target ]] && seeds=("corpus/$target" "seeds/$target")
+    mkdir -p "corpus/$target"
+    cargo +nightly fuzz run "$target" "${seeds[@]}" -- -max_total_time="$seconds" -max_len=8192 -rss_limit_mb=2048
 done

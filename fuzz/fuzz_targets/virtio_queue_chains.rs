@@ -1,6 +1,8 @@
 //! The device models walking descriptor chains a hostile driver wrote: the fuzz input is the
 //! guest's memory (descriptor table, avail and used rings, buffers) and the queue size; block,
 //! rng and vsock (tx) each process the queue. Any panic, hang or out-of-bounds access is a bug.
+//! Seeds (`fuzz/seeds/virtio_queue_chains/`): valid block IN/OUT/GET_ID, rng and vsock
+//! REQUEST/RW chains in this memory layout, for the fuzzer to mutate from.
 #![no_main]
 
 use std::sync::{Mutex, OnceLock};
@@ -14,9 +16,12 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 const MEM: usize = 0x10000;
-const DESC: u64 = 0x0;
-const AVAIL: u64 = 0x4000;
-const USED: u64 = 0x8000;
+// Rings first and compact, so short inputs reach them: avail ring (≤ 518 bytes for 256
+// entries; not at 0, which virtio-queue reads as "not set up"), then the descriptor table (16
+// bytes an entry), then the used ring; buffers point anywhere in (or outside) the 64 KiB.
+const AVAIL: u64 = 0x10;
+const DESC: u64 = 0x240;
+const USED: u64 = 0x1240;
 
 fn queue(size_selector: u8) -> Option<Queue> {
     let mut q = Queue::new(256).ok()?;
