@@ -152,10 +152,9 @@ fn vsock_to_a_port_nobody_listens_on_is_a_clear_error() {
 }
 
 /// Pause stops the vCPUs and resume restarts them, seen through the serial console (a device
-/// QEMU emulates itself). Known limit: vhost-device-vsock, the interim vsock back end, does not
-/// always carry an open connection across QEMU's vhost stop/start, so this test ends the VM
-/// by dropping it instead of through the init channel; husk's own vsock device (the builtin
-/// VMM issue) takes over and must make the clean path work after a resume too.
+/// QEMU emulates itself); the init channel's open vsock connection survives QEMU's vhost
+/// stop/start across the pause (husk's vsock device keeps it; vhost-device-vsock, the interim
+/// back end, did not always), so the VM ends the clean way.
 #[test]
 fn pause_and_resume_stop_and_restart_the_guest() {
     let h = Harness::new();
@@ -181,6 +180,10 @@ fn pause_and_resume_stop_and_restart_the_guest() {
         .wait_for_line(mark, CONSOLE_TIMEOUT, |l| l.trim_start().starts_with("P:"))
         .expect("the guest runs again after resume");
     assert_eq!(answer.trim(), "P:4");
+    let exit = vm
+        .shutdown(SHUTDOWN_TIMEOUT)
+        .expect("a clean shutdown through the init channel after a resume");
+    assert!(exit.status.contains("exit status: 0"), "{}", exit.status);
     h.finish(vm);
 }
 
