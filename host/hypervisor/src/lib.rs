@@ -42,7 +42,15 @@ pub trait Hypervisor: std::fmt::Debug + Send + Sync {
 pub fn for_host(choice: BackendChoice, paths: &HostPaths) -> Result<Box<dyn Hypervisor>, VmError> {
     let plan = backend::plan_for_host(choice, paths)?;
     Ok(match plan.backend {
-        "builtin" => Box::new(builtin::BuiltinBackend::new(plan, paths)),
+        "builtin" => {
+            // Under `auto`, VMs that need what the builtin VMM lacks (virtio-net) go to QEMU
+            // with KVM, where it is installed.
+            let fallback = (choice == BackendChoice::Auto)
+                .then(|| backend::plan_for_host(BackendChoice::Qemu, paths).ok())
+                .flatten()
+                .and_then(|p| qemu::QemuBackend::new(p, paths).ok());
+            Box::new(builtin::BuiltinBackend::new(plan, paths).with_fallback(fallback))
+        }
         _ => Box::new(qemu::QemuBackend::new(plan, paths)?),
     })
 }

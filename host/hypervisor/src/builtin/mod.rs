@@ -42,6 +42,8 @@ pub struct BuiltinBackend {
     /// Only needed by VMs with shared directories.
     virtiofsd: Option<PathBuf>,
     seccomp: Enforcement,
+    /// Under `auto`: QEMU (with KVM) for VMs that need a device the builtin VMM lacks.
+    fallback: Option<crate::qemu::QemuBackend>,
 }
 
 impl BuiltinBackend {
@@ -50,7 +52,15 @@ impl BuiltinBackend {
             plan,
             virtiofsd: host_probe::find_program(&paths.virtiofsd),
             seccomp: Enforcement::Kill,
+            fallback: None,
         }
+    }
+
+    /// Sends VMs with network devices (no virtio-net here yet) to `fallback` instead of
+    /// refusing them.
+    pub fn with_fallback(mut self, fallback: Option<crate::qemu::QemuBackend>) -> Self {
+        self.fallback = fallback;
+        self
     }
 }
 
@@ -81,6 +91,10 @@ impl Hypervisor for BuiltinBackend {
             share.validate().map_err(VmError::BadShare)?;
         }
         if !config.nics.is_empty() {
+            if let Some(qemu) = &self.fallback {
+                tracing::info!(vm = %config.id, "network devices: this VM runs on QEMU with KVM (the builtin VMM has no virtio-net yet)");
+                return qemu.boot(config);
+            }
             return Err(VmError::BadNic(
                 "the builtin VMM has no virtio-net device yet: run pods with a network \
                  namespace on the qemu back end (hypervisor.backend = \"qemu\" or --backend qemu)"
