@@ -14,6 +14,7 @@
 //! builtin back end takes over pod networking from QEMU.
 
 pub mod block;
+pub mod chains;
 pub mod fs;
 pub mod rng;
 pub mod transport;

@@ -18,12 +18,13 @@ use tracing::{debug, warn};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
 };
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::event_handler::BlockHandler;
 use super::request::{self, Request, RequestType};
 use super::{QUEUE_SIZE, SECTOR_SIZE, SERIAL_LEN};
+use crate::devices::virtio::chains::{self, RingError};
 use crate::devices::virtio::transport::worker::Worker;
 use crate::devices::virtio::{
     read_config_bytes, ActivateContext, ActivateError, GuestMemoryMmap, VirtioDevice, TYPE_BLOCK,
@@ -52,14 +53,8 @@ pub enum BlockError {
     },
     #[error("block: serial {serial:?} is longer than {SERIAL_LEN} bytes")]
     SerialTooLong { serial: String },
-    #[error("block queue {queue}: cannot return chain {head} to the used ring: {detail}")]
-    UsedRing {
-        queue: u16,
-        head: u16,
-        detail: String,
-    },
-    #[error("block queue {queue}: the rings are unusable: {detail}")]
-    Ring { queue: u16, detail: String },
+    #[error(transparent)]
+    Ring(#[from] RingError),
 }
 
 /// The disk behind a virtio-blk device and the request engine both transports share.
@@ -147,50 +142,13 @@ impl BlockCore {
         queue_index: u16,
         mem: &GuestMemoryMmap,
     ) -> Result<bool, BlockError> {
-        let ring = |e: virtio_queue::Error| BlockError::Ring {
-            queue: queue_index,
-            detail: e.to_string(),
-        };
-        let mut used_any = false;
-        loop {
-            queue.disable_notification(mem).map_err(ring)?;
-            let mut popped = false;
-            while let Some(chain) = queue.pop_descriptor_chain(mem) {
-                popped = true;
-                let head = chain.head_index();
-                if head >= queue.size() {
-                    // No used element can name it: consume it and go on.
-                    debug!(
-                        device = NAME,
-                        queue = queue_index,
-                        head,
-                        "chain head past the queue, skipped"
-                    );
-                    continue;
-                }
-                let descs: Vec<_> = chain.collect();
-                let len = self.handle(queue_index, head, &descs, mem);
-                queue
-                    .add_used(mem, head, len)
-                    .map_err(|e| BlockError::UsedRing {
-                        queue: queue_index,
-                        head,
-                        detail: e.to_string(),
-                    })?;
-                used_any = true;
-            }
-            // Re-check after re-enabling: a chain added in between would otherwise wait for
-            // the next kick. A pass that found nothing while the driver's index claims more
-            // means a bogus available index: stop rather than spin.
-            let more = queue.enable_notification(mem).map_err(ring)?;
-            if !more || !popped {
-                break;
-            }
-        }
-        if !used_any {
-            return Ok(false);
-        }
-        queue.needs_notification(mem).map_err(ring)
+        Ok(chains::serve(
+            NAME,
+            queue,
+            queue_index,
+            mem,
+            |head, descs| self.handle(queue_index, head, descs, mem),
+        )?)
     }
 
     /// Handles one chain; returns the used length (bytes written to the guest, status

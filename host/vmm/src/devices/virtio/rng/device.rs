@@ -9,11 +9,12 @@
 use std::io;
 use tracing::{debug, warn};
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestMemoryBackend};
 
 use super::event_handler::RngHandler;
 use super::{MAX_BYTES_PER_REQUEST, QUEUE_SIZE};
+use crate::devices::virtio::chains::{self, RingError};
 use crate::devices::virtio::transport::worker::Worker;
 use crate::devices::virtio::{
     ActivateContext, ActivateError, GuestMemoryMmap, VirtioDevice, TYPE_RNG, VIRTIO_F_VERSION_1,
@@ -25,14 +26,8 @@ const NAME: &str = "rng";
 /// Why a queue could not be served.
 #[derive(Debug, thiserror::Error)]
 pub enum RngError {
-    #[error("rng queue {queue}: cannot return chain {head} to the used ring: {detail}")]
-    UsedRing {
-        queue: u16,
-        head: u16,
-        detail: String,
-    },
-    #[error("rng queue {queue}: the rings are unusable: {detail}")]
-    Ring { queue: u16, detail: String },
+    #[error(transparent)]
+    Ring(#[from] RingError),
 }
 
 /// Why one chain was returned unfilled.
@@ -62,60 +57,23 @@ impl RngCore {
         queue_index: u16,
         mem: &GuestMemoryMmap,
     ) -> Result<bool, RngError> {
-        let ring = |e: virtio_queue::Error| RngError::Ring {
-            queue: queue_index,
-            detail: e.to_string(),
-        };
-        let mut used_any = false;
-        loop {
-            queue.disable_notification(mem).map_err(ring)?;
-            let mut popped = false;
-            while let Some(chain) = queue.pop_descriptor_chain(mem) {
-                popped = true;
-                let head = chain.head_index();
-                if head >= queue.size() {
-                    // No used element can name it: consume it and go on.
-                    debug!(
-                        device = NAME,
-                        queue = queue_index,
-                        head,
-                        "chain head past the queue, skipped"
-                    );
-                    continue;
-                }
-                let descs: Vec<_> = chain.collect();
-                let len = match fill(&descs, mem) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        if matches!(e, ChainError::Random(_)) {
-                            warn!(device = NAME, queue = queue_index, head, "{e}");
-                        } else {
-                            debug!(device = NAME, queue = queue_index, head, "bad chain: {e}");
-                        }
-                        0
+        Ok(chains::serve(
+            NAME,
+            queue,
+            queue_index,
+            mem,
+            |head, descs| match fill(descs, mem) {
+                Ok(n) => n,
+                Err(e) => {
+                    if matches!(e, ChainError::Random(_)) {
+                        warn!(device = NAME, queue = queue_index, head, "{e}");
+                    } else {
+                        debug!(device = NAME, queue = queue_index, head, "bad chain: {e}");
                     }
-                };
-                queue
-                    .add_used(mem, head, len)
-                    .map_err(|e| RngError::UsedRing {
-                        queue: queue_index,
-                        head,
-                        detail: e.to_string(),
-                    })?;
-                used_any = true;
-            }
-            // Re-check after re-enabling: a chain added in between would otherwise wait for
-            // the next kick. A pass that found nothing while the driver's index claims more
-            // means a bogus available index: stop rather than spin.
-            let more = queue.enable_notification(mem).map_err(ring)?;
-            if !more || !popped {
-                break;
-            }
-        }
-        if !used_any {
-            return Ok(false);
-        }
-        queue.needs_notification(mem).map_err(ring)
+                    0
+                }
+            },
+        )?)
     }
 }
 
