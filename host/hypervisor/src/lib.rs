@@ -18,6 +18,7 @@ pub mod process;
 pub mod qemu;
 pub mod run_dir;
 pub mod serial;
+pub mod stage;
 pub mod virtiofs;
 pub mod vm;
 pub mod vsock;

@@ -290,14 +290,6 @@ pub fn filter(kind: ThreadKind, enforcement: Enforcement) -> Result<Option<Filte
     }))
 }
 
-/// Confines the calling thread (and the threads it creates from now on).
-pub fn apply(kind: ThreadKind, enforcement: Enforcement) -> Result<(), SeccompError> {
-    match filter(kind, enforcement)? {
-        Some(f) => f.install(),
-        None => Ok(()),
-    }
-}
-
 /// Confines every thread of the process (a `husk-vhost-user` process, after setup).
 pub fn apply_to_process(kind: ThreadKind, enforcement: Enforcement) -> Result<(), SeccompError> {
     match filter(kind, enforcement)? {
@@ -332,7 +324,11 @@ mod tests {
     /// EPERM instead of killing the test process).
     fn confined<T: Send + 'static>(kind: ThreadKind, f: impl FnOnce() -> T + Send + 'static) -> T {
         std::thread::spawn(move || {
-            apply(kind, Enforcement::Deny).unwrap();
+            filter(kind, Enforcement::Deny)
+                .unwrap()
+                .unwrap()
+                .install()
+                .unwrap();
             f()
         })
         .join()

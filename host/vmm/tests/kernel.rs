@@ -8,7 +8,6 @@
 mod common;
 
 use std::path::Path;
-use std::time::Duration;
 
 use common::*;
 use husk_vmm::arch::x86_64::layout::{
@@ -142,6 +141,5 @@ fn bzimage_boots_through_the_zero_page() {
     let (addr, size) = (read_u32(&vmm, zp + 0x218), read_u32(&vmm, zp + 0x21c));
     assert_initrd_at(&vmm, u64::from(addr), u64::from(size));
     assert!(read_cstr(&vmm, CMDLINE_START).contains("virtio_mmio.device=4K@0xc0001000:5"));
-    std::thread::sleep(Duration::from_millis(1));
     stop(vmm);
 }

@@ -4,18 +4,17 @@
 //! vsock (hybrid, the same muxer QEMU's back end serves), rng, block (disks), and virtio-fs
 //! through `virtiofsd`. Pod networking (virtio-net on a tap) is QEMU's for now.
 //!
-//! Owns turning a [`VmConfig`] into a built VM and handing it to [`machine::BuiltinMachine`].
-//! Must never leave anything behind on an error path: every process is a [`ChildProcess`],
-//! the run directory a [`RunDir`], and a VMM that was built is stopped when dropped.
+//! Owns turning a [`VmConfig`] into a built VM and handing it to `machine::BuiltinMachine`.
+//! Must never leave anything behind on an error path: every process is a [`crate::process::ChildProcess`],
+//! the run directory a [`crate::run_dir::RunDir`], and a VMM that was built is stopped when dropped.
 
 mod machine;
 
-use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use husk_protocols::cmdline::BOOT_TIMER;
-use husk_protocols::ports::{GUEST_CID, INIT_PORT};
+use husk_protocols::ports::GUEST_CID;
 use husk_vmm::arch::x86_64::layout::BOOT_TIMER_ADDRESS;
 use husk_vmm::builder::{BootSource, SerialOutput, VmBuilder, VmSpec};
 use husk_vmm::devices::virtio::block::Block;
@@ -24,13 +23,12 @@ use husk_vmm::devices::virtio::vsock::Vsock;
 use husk_vmm::seccomp::Enforcement;
 
 use crate::backend::Plan;
-use crate::boot_files;
 use crate::config::VmConfig;
 use crate::error::VmError;
 use crate::host_probe::{self, HostPaths};
-use crate::run_dir::RunDir;
 use crate::serial::Serial;
-use crate::vm::{listener_path, Vm, VmParts};
+use crate::stage::Staged;
+use crate::vm::{Vm, VmParts};
 use crate::{virtiofs, Hypervisor};
 
 use machine::BuiltinMachine;
@@ -85,11 +83,6 @@ impl Hypervisor for BuiltinBackend {
     }
 
     fn boot(&self, config: &VmConfig) -> Result<Vm, VmError> {
-        boot_files::check_kernel(&config.kernel)?;
-        boot_files::check_initrd(&config.initrd)?;
-        for share in &config.shares {
-            share.validate().map_err(VmError::BadShare)?;
-        }
         if !config.nics.is_empty() {
             if let Some(qemu) = &self.fallback {
                 tracing::info!(vm = %config.id, "network devices: this VM runs on QEMU with KVM (the builtin VMM has no virtio-net yet)");
@@ -101,18 +94,15 @@ impl Hypervisor for BuiltinBackend {
                     .into(),
             ));
         }
-        crate::config::check_disks(&config.disks).map_err(VmError::BadConfig)?;
         let vcpus = u8::try_from(config.vcpus)
             .map_err(|_| VmError::BadConfig(format!("{} vCPUs is too many", config.vcpus)))?;
-
-        let log_dir = config.log_dir();
-        let run = RunDir::create(&config.run_root, &config.id)?;
-        let run_dir = run.path().to_owned();
-        std::fs::create_dir_all(&log_dir)
-            .map_err(VmError::io(format!("creating {}", log_dir.display())))?;
-        let vsock_path = run_dir.join("vsock.sock");
-        let init_listener = UnixListener::bind(listener_path(&vsock_path, INIT_PORT))
-            .map_err(VmError::io("binding the init channel listener"))?;
+        let Staged {
+            run,
+            run_dir,
+            log_dir,
+            vsock_path,
+            init_listener,
+        } = Staged::new(config)?;
 
         let mut virtiofsd = Vec::new();
         let mut fs_devices = Vec::new();

@@ -10,23 +10,21 @@ mod qmp;
 
 use std::ffi::OsString;
 use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use husk_protocols::ports::{GUEST_CID, INIT_PORT};
+use husk_protocols::ports::GUEST_CID;
 
 use crate::backend::Plan;
-use crate::boot_files;
 use crate::config::VmConfig;
 use crate::error::VmError;
 use crate::helper_process::{log_file, log_tail, spawn_backend};
 use crate::host_probe::{self, HostPaths};
 use crate::process::{die_with_parent, pass_fds, ChildProcess};
-use crate::run_dir::RunDir;
 use crate::serial::Serial;
-use crate::vm::{listener_path, Machine, Vm, VmParts};
+use crate::stage::Staged;
+use crate::vm::{Machine, Vm, VmParts};
 use crate::{virtiofs, Hypervisor};
 
 pub use cmdline::kernel_cmdline;
@@ -174,26 +172,16 @@ impl Hypervisor for QemuBackend {
     }
 
     fn boot(&self, config: &VmConfig) -> Result<Vm, VmError> {
-        boot_files::check_kernel(&config.kernel)?;
-        boot_files::check_initrd(&config.initrd)?;
-        for share in &config.shares {
-            share.validate().map_err(VmError::BadShare)?;
-        }
         crate::config::check_nics(&config.nics).map_err(VmError::BadNic)?;
-        crate::config::check_disks(&config.disks).map_err(VmError::BadConfig)?;
-
-        let log_dir = config.log_dir();
-        // Removed again on every early return below (and by the Vm once it owns it).
-        let run = RunDir::create(&config.run_root, &config.id)?;
-        let run_dir = run.path().to_owned();
-        std::fs::create_dir_all(&log_dir)
-            .map_err(VmError::io(format!("creating {}", log_dir.display())))?;
-
-        let vsock_path = run_dir.join("vsock.sock");
+        let Staged {
+            run,
+            run_dir,
+            log_dir,
+            vsock_path,
+            init_listener,
+        } = Staged::new(config)?;
         let vhost_socket = run_dir.join("vhost-vsock.sock");
         let qmp_socket = run_dir.join("qmp.sock");
-        let init_listener = UnixListener::bind(listener_path(&vsock_path, INIT_PORT))
-            .map_err(VmError::io("binding the init channel listener"))?;
 
         let vsock_log = log_dir.join("vsock-backend.log");
         let vsock = spawn_backend(

@@ -22,7 +22,7 @@ use vmm_sys_util::event::{
 
 use crate::devices::virtio::block::{BlockCore, BlockError};
 use crate::devices::virtio::read_config_bytes;
-use crate::seccomp::{self, Enforcement, SeccompError, ThreadKind};
+use crate::seccomp::Enforcement;
 
 /// The one request queue.
 const NUM_QUEUES: usize = 1;
@@ -51,8 +51,8 @@ pub struct BlockBackendConfig {
 /// Why the back end stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum BlockBackendError {
-    #[error(transparent)]
-    Seccomp(#[from] SeccompError),
+    #[error("vhost-user block: {0}")]
+    Serve(#[from] super::ServeError),
     #[error(transparent)]
     Disk(#[from] BlockError),
     #[error("vhost-user block: cannot listen on {socket}: {detail}")]
@@ -186,17 +186,12 @@ pub fn serve_listener(
     };
     let mut daemon =
         VhostUserDaemon::new(DAEMON_NAME.into(), backend, mem).map_err(daemon_error)?;
-    daemon.start(&mut listener).map_err(daemon_error)?;
-    // Set up: the front end is connected and every thread exists. From here on it only serves.
-    seccomp::apply_to_process(ThreadKind::Device, config.seccomp)?;
-    match daemon.wait() {
-        Ok(()) => Ok(()),
-        Err(vhost_user_backend::Error::HandleRequest(
-            vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
-        )) => Ok(()),
-        Err(e) => Err(daemon_error(e)),
-    }
-    // Dropping the daemon stops and joins the vring threads.
+    // Dropping the daemon afterwards stops and joins the vring threads.
+    Ok(super::serve_one(
+        &mut daemon,
+        &mut listener,
+        config.seccomp,
+    )?)
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use vmm_sys_util::event::{
 use crate::devices::virtio::vsock::unix::MuxerError;
 use crate::devices::virtio::vsock::{VsockModel, NUM_QUEUES, RX_QUEUE, TX_QUEUE};
 use crate::devices::virtio::{read_config_bytes, GuestMemoryMmap, VIRTIO_F_VERSION_1};
-use crate::seccomp::{self, Enforcement, SeccompError, ThreadKind};
+use crate::seccomp::Enforcement;
 
 /// The framework's token for the muxer's epoll set: past the queues and the framework's own
 /// exit token (`NUM_QUEUES`).
@@ -54,8 +54,12 @@ pub struct VsockBackendConfig {
 /// Why the back end stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum VsockBackendError {
-    #[error(transparent)]
-    Seccomp(#[from] SeccompError),
+    #[error("vhost-user vsock on {}", socket.display())]
+    Serve {
+        socket: PathBuf,
+        #[source]
+        source: super::ServeError,
+    },
     #[error(transparent)]
     Muxer(#[from] MuxerError),
     #[error("vhost-user vsock: creating the exit eventfd: {0}")]
@@ -223,6 +227,19 @@ impl VhostUserBackendMut for VsockBackend {
 
 /// Serves one VM until QEMU disconnects.
 pub fn serve(config: &VsockBackendConfig) -> Result<(), VsockBackendError> {
+    let listener = Listener::new(&config.socket, true).map_err(|e| VsockBackendError::Daemon {
+        socket: config.socket.clone(),
+        what: "listening",
+        detail: e.to_string(),
+    })?;
+    serve_listener(config, listener)
+}
+
+/// [`serve`] on a socket already listening (tests bind first, then connect).
+pub fn serve_listener(
+    config: &VsockBackendConfig,
+    mut listener: Listener,
+) -> Result<(), VsockBackendError> {
     let daemon_err = |what: &'static str| {
         let socket = config.socket.clone();
         move |e: vhost_user_backend::Error| VsockBackendError::Daemon {
@@ -264,25 +281,12 @@ pub fn serve(config: &VsockBackendConfig) -> Result<(), VsockBackendError> {
         guest_cid = config.guest_cid,
         "vhost-user vsock: serving"
     );
-    let mut listener =
-        Listener::new(&config.socket, true).map_err(|e| VsockBackendError::Daemon {
+    let result = super::serve_one(&mut daemon, &mut listener, config.seccomp).map_err(|e| {
+        VsockBackendError::Serve {
             socket: config.socket.clone(),
-            what: "listening",
-            detail: e.to_string(),
-        })?;
-    daemon
-        .start(&mut listener)
-        .map_err(daemon_err("accepting QEMU"))?;
-    // Set up: QEMU is connected and every thread exists. From here on the process only serves.
-    seccomp::apply_to_process(ThreadKind::Device, config.seccomp)?;
-    let result = match daemon.wait() {
-        Ok(()) => Ok(()),
-        // QEMU going away is how a VM ends.
-        Err(vhost_user_backend::Error::HandleRequest(
-            vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
-        )) => Ok(()),
-        Err(e) => Err(daemon_err("serving")(e)),
-    };
+            source: e,
+        }
+    });
     // Lets the framework's vring thread leave (as `VhostUserDaemon::serve` does).
     if let Err(e) = backend
         .read()
@@ -345,7 +349,6 @@ mod tests {
     /// GET_CONFIG, sets up 1024-entry vrings, and `serve` returns Ok once it disconnects.
     #[test]
     fn serves_a_front_end_until_it_disconnects() {
-        use std::time::{Duration, Instant};
         use vhost::vhost_user::message::VhostUserConfigFlags;
         use vhost::vhost_user::{Frontend, VhostUserFrontend};
         use vhost::VhostBackend;
@@ -357,21 +360,13 @@ mod tests {
             guest_cid: 7,
             seccomp: Enforcement::Off,
         };
+        // Listening before the daemon runs: the connect below cannot race it.
+        let listener = Listener::new(&config.socket, true).unwrap();
         let server = {
             let config = config.clone();
-            std::thread::spawn(move || serve(&config))
+            std::thread::spawn(move || serve_listener(&config, listener))
         };
-        // The socket appears once the daemon listens; connect as soon as it accepts.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut frontend = loop {
-            match Frontend::connect(&config.socket, NUM_QUEUES as u64) {
-                Ok(f) => break f,
-                Err(e) => {
-                    assert!(Instant::now() < deadline, "no vhost-user socket: {e}");
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-        };
+        let mut frontend = Frontend::connect(&config.socket, NUM_QUEUES as u64).unwrap();
         frontend.set_owner().unwrap();
         let features = frontend.get_features().unwrap();
         assert_ne!(features & (1 << VIRTIO_F_VERSION_1), 0);

@@ -116,7 +116,6 @@ mod tests {
         let first = h.get().unwrap();
         assert!(first.wall <= start.elapsed());
         assert!(first.cpu.is_some());
-        std::thread::sleep(Duration::from_millis(2));
         t.write(0, &[MAGIC_VALUE_SIGNAL_GUEST_BOOT_COMPLETE]);
         assert_eq!(h.get(), Some(first), "the first signal wins");
         let mut d = [9u8; 4];

@@ -21,11 +21,10 @@ use virtio_bindings::virtio_blk::{
 use virtio_queue::Queue;
 use vm_memory::{Address, Bytes, GuestAddress};
 
-use super::event_handler::BlockHandler;
 use super::request::{self, Request, RequestType};
 use super::{QUEUE_SIZE, SECTOR_SIZE, SERIAL_LEN};
 use crate::devices::virtio::chains::{self, RingError};
-use crate::devices::virtio::transport::worker::Worker;
+use crate::devices::virtio::transport::worker::{self, Worker};
 use crate::devices::virtio::{
     read_config_bytes, ActivateContext, ActivateError, GuestMemoryMmap, VirtioDevice, TYPE_BLOCK,
     VIRTIO_F_VERSION_1,
@@ -386,27 +385,11 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        let ActivateContext {
-            mem,
-            queues,
-            queue_events,
-            interrupt,
-            seccomp,
-        } = ctx;
-        let (Ok([queue]), 1) = (<[Queue; 1]>::try_from(queues), queue_events.len()) else {
-            return Err(ActivateError::QueueCount {
-                device: NAME,
-                expected: 1,
-                got: queue_events.len(),
-            });
-        };
-        let handler = BlockHandler::new(self.core.clone(), queue, mem, interrupt);
-        let worker = Worker::spawn(NAME, queue_events, handler, seccomp).map_err(|source| {
-            ActivateError::Io {
-                device: NAME,
-                what: "cannot start the worker thread".into(),
-                source,
-            }
+        let core = self.core.clone();
+        let worker = worker::spawn_request_queue(NAME, ctx, move |queue, index, mem| {
+            // A poisoned lock means an earlier request panicked; the disk state is still valid.
+            let mut core = core.lock().unwrap_or_else(|p| p.into_inner());
+            core.process_queue(queue, index, mem)
         })?;
         self.worker = Some(worker);
         Ok(())

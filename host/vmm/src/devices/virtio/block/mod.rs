@@ -4,7 +4,8 @@
 //! Split: [`request`] parses one descriptor chain into a checked request; [`device`] owns the
 //! disk ([`BlockCore`]: executes requests and drains a `virtio_queue::Queue`, shared with the
 //! vhost-user back end in `crate::vhost_user::block`) and the [`Block`] model for the mmio
-//! transport; [`event_handler`] is what the model's worker thread does on a kick.
+//! transport, whose worker is the shared request-queue worker
+//! (`transport::worker::spawn_request_queue`).
 //!
 //! Must never trust a descriptor: a request whose status byte cannot be written is dropped
 //! (returned to the guest with a used length of 0), any other malformed request completes with
@@ -12,7 +13,6 @@
 //! panic or touch memory outside guest RAM or bytes outside the image.
 
 pub mod device;
-pub mod event_handler;
 pub mod request;
 
 pub use device::{Block, BlockCore, BlockError};

@@ -12,10 +12,9 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestMemoryBackend};
 
-use super::event_handler::RngHandler;
 use super::{MAX_BYTES_PER_REQUEST, QUEUE_SIZE};
 use crate::devices::virtio::chains::{self, RingError};
-use crate::devices::virtio::transport::worker::Worker;
+use crate::devices::virtio::transport::worker::{self, Worker};
 use crate::devices::virtio::{
     ActivateContext, ActivateError, GuestMemoryMmap, VirtioDevice, TYPE_RNG, VIRTIO_F_VERSION_1,
 };
@@ -172,27 +171,8 @@ impl VirtioDevice for Rng {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        let ActivateContext {
-            mem,
-            queues,
-            queue_events,
-            interrupt,
-            seccomp,
-        } = ctx;
-        let (Ok([queue]), 1) = (<[Queue; 1]>::try_from(queues), queue_events.len()) else {
-            return Err(ActivateError::QueueCount {
-                device: NAME,
-                expected: 1,
-                got: queue_events.len(),
-            });
-        };
-        let handler = RngHandler::new(queue, mem, interrupt);
-        let worker = Worker::spawn(NAME, queue_events, handler, seccomp).map_err(|source| {
-            ActivateError::Io {
-                device: NAME,
-                what: "cannot start the worker thread".into(),
-                source,
-            }
+        let worker = worker::spawn_request_queue(NAME, ctx, |queue, index, mem| {
+            RngCore.process_queue(queue, index, mem)
         })?;
         self.worker = Some(worker);
         Ok(())

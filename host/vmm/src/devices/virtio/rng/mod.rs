@@ -2,14 +2,13 @@
 //! buffers the device fills with bytes from the host kernel's `getrandom(2)`.
 //!
 //! Split as for block: [`device`] holds [`RngCore`] (drains a `virtio_queue::Queue`, at most
-//! [`MAX_BYTES_PER_REQUEST`] per chain) and the [`Rng`] model for the mmio transport;
-//! [`event_handler`] is its worker thread's kick handler.
+//! [`MAX_BYTES_PER_REQUEST`] per chain) and the [`Rng`] model for the mmio transport, served by
+//! the shared request-queue worker (`transport::worker::spawn_request_queue`).
 //!
 //! Must never write a device-readable buffer or outside guest memory: a chain with a readable
 //! descriptor, a broken link or a buffer outside guest RAM is returned unfilled (used length 0).
 
 pub mod device;
-pub mod event_handler;
 
 pub use device::{Rng, RngCore, RngError};
 

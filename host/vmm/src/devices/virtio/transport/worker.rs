@@ -3,6 +3,9 @@
 //! eventfd; each time eventfd `i` fires it is drained and [`EventHandler::handle`] is called
 //! with `i`.
 //!
+//! [`spawn_request_queue`] is the event handling every single-queue request device (block,
+//! rng) shares: one kick, one pass of the device's queue core, an interrupt if wanted.
+//!
 //! Owns the thread, the epoll and the stop signal only. Must never look at a queue's buffers
 //! (the handler does) and must never be used by the vhost-user back ends (their framework has
 //! its own event loop). Stopping always joins: a model's `reset` returns only when its worker is
@@ -10,12 +13,15 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
 use tracing::{debug, error, warn};
+use virtio_queue::Queue;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::devices::virtio::{ActivateContext, ActivateError, GuestMemoryMmap, Interrupt};
 use crate::seccomp::{Enforcement, ThreadKind};
 
 /// The epoll token of the stop eventfd (event indices are small).
@@ -105,6 +111,82 @@ impl Drop for Worker {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The one request queue of a request/response device (block, rng), served on a worker: each
+/// kick runs `process` over the queue and raises the used-buffer interrupt when it says the
+/// driver wants one.
+struct RequestQueue<P> {
+    device: &'static str,
+    queue: Queue,
+    mem: GuestMemoryMmap,
+    interrupt: Arc<dyn Interrupt>,
+    process: P,
+}
+
+/// The queue index of a single-queue device's request queue.
+const REQUEST_QUEUE: u16 = 0;
+
+impl<P, E> EventHandler for RequestQueue<P>
+where
+    P: FnMut(&mut Queue, u16, &GuestMemoryMmap) -> Result<bool, E> + Send + 'static,
+    E: std::fmt::Display,
+{
+    fn handle(&mut self, _index: usize) {
+        match (self.process)(&mut self.queue, REQUEST_QUEUE, &self.mem) {
+            Ok(true) => {
+                if let Err(e) = self.interrupt.signal_used_queue(REQUEST_QUEUE) {
+                    warn!(
+                        device = self.device,
+                        queue = REQUEST_QUEUE,
+                        "cannot raise the interrupt: {e}"
+                    );
+                }
+            }
+            Ok(false) => {}
+            Err(e) => warn!("{e}"),
+        }
+    }
+}
+
+/// Activates a single-queue request device: checks that the driver set up exactly one queue
+/// and starts a worker that serves it with `process` (the device's queue core, shared with its
+/// vhost-user back end).
+pub fn spawn_request_queue<P, E>(
+    device: &'static str,
+    ctx: ActivateContext,
+    process: P,
+) -> Result<Worker, ActivateError>
+where
+    P: FnMut(&mut Queue, u16, &GuestMemoryMmap) -> Result<bool, E> + Send + 'static,
+    E: std::fmt::Display,
+{
+    let ActivateContext {
+        mem,
+        queues,
+        queue_events,
+        interrupt,
+        seccomp,
+    } = ctx;
+    let (Ok([queue]), 1) = (<[Queue; 1]>::try_from(queues), queue_events.len()) else {
+        return Err(ActivateError::QueueCount {
+            device,
+            expected: 1,
+            got: queue_events.len(),
+        });
+    };
+    let handler = RequestQueue {
+        device,
+        queue,
+        mem,
+        interrupt,
+        process,
+    };
+    Worker::spawn(device, queue_events, handler, seccomp).map_err(|source| ActivateError::Io {
+        device,
+        what: "cannot start the worker thread".into(),
+        source,
+    })
 }
 
 fn run<H: EventHandler>(name: &'static str, epoll: &Epoll, events: &[EventFd], mut handler: H) {
