@@ -6,11 +6,8 @@
 //! Must never block the async runtime (waits run on the blocking pool) or trust an id, tag,
 //! path, size or signal from a request.
 
-pub mod cgroup;
-pub mod jail;
 pub mod process;
 pub mod ps;
-pub mod spec;
 pub mod stdio;
 pub mod tty;
 
@@ -24,10 +21,10 @@ use husk_protocols::stdio::StreamKind;
 use tokio::sync::mpsc;
 use tokio_vsock::VsockStream;
 
-use self::cgroup::Cgroup;
-use self::jail::JailPlan;
 use self::process::{PidNamespace, Process};
-use self::spec::{ContainerPlan, ProcessPlan};
+use rustjail::cgroups::{self as cgroup, Cgroup};
+use rustjail::jail::JailPlan;
+use rustjail::spec::{self, ContainerPlan, ProcessPlan};
 
 /// Where container directories live in the guest.
 pub const CONTAINERS_DIR: &str = "/run/husk/containers";

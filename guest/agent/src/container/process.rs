@@ -18,10 +18,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{watch, Notify};
 use tokio_vsock::VsockStream;
 
-use super::jail::{self, JailPlan};
-use super::spec::ProcessPlan;
 use super::tty::Pty;
 use super::{io_err, ContainerError};
+use rustjail::jail::{self, JailPlan};
+use rustjail::spec::ProcessPlan;
 
 /// Pipe capacity for a process's stdio: fewer, larger reads and vsock packets.
 const PIPE_SIZE: libc::c_int = 1 << 20;

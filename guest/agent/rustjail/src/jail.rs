@@ -13,7 +13,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
-use super::spec::{ContainerPlan, ProcessPlan};
+use crate::spec::{ContainerPlan, ProcessPlan};
 
 /// Device nodes bind-mounted from the guest's /dev into the container's.
 const DEV_NODES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
@@ -481,7 +481,7 @@ impl JailSys for LibcJail {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::container::spec;
+    use crate::spec;
 
     #[derive(Default)]
     struct Recorder(Vec<String>);

@@ -1,0 +1,21 @@
+//! rustjail: husk's container engine inside the guest. It turns an OCI runtime spec into a
+//! running, confined process: namespaces, the root filesystem and its mounts, devices,
+//! capabilities, rlimits, seccomp, SELinux labels and a cgroup v2 of its own.
+//!
+//! Owns everything between a validated spec and `execve` of the container's program, and the
+//! container's cgroup. Must never talk to the host (the agent owns the RPCs and the stdio
+//! streams) and must never trust the spec: every path, name and number in it is checked in
+//! [`spec`] before anything is done with it.
+//!
+//! Modules, one job each:
+//! - [`spec`]: reads and validates the spec into plans (the only place that parses it).
+//! - [`jail`]: what a container's process does between fork and exec.
+//! - [`cgroups`]: the container's cgroup v2: limits, stats, freezing, OOM events.
+//! - [`seccomp`]: the OCI seccomp profile (or the default one) compiled with libseccomp.
+//! - [`selinux`]: the process and mount labels.
+
+pub mod cgroups;
+pub mod jail;
+pub mod seccomp;
+pub mod selinux;
+pub mod spec;
