@@ -219,6 +219,8 @@ pub fn spec_json(args: &[&str], edit: impl FnOnce(&mut serde_json::Value)) -> St
     v["process"]["env"] = serde_json::json!(["PATH=/bin", "HOME=/"]);
     v["process"]["terminal"] = false.into();
     v["hostname"] = "box".into();
+    // runc's default root is read-only; containerd's and docker's are not.
+    v["root"]["readonly"] = false.into();
     edit(&mut v);
     v.to_string()
 }

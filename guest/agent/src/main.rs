@@ -39,6 +39,10 @@ fn claimed_major() -> Option<u32> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The agent's binary started again as a container's jail process (rustjail::launch).
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(rustjail::jail::ARG)) {
+        rustjail::jail::main();
+    }
     if std::env::args().nth(1).as_deref() == Some("--version") {
         println!("husk-agent {}", env!("CARGO_PKG_VERSION"));
         return Ok(());

@@ -167,14 +167,19 @@ impl agent::Agent for AgentService {
         bounded("container_id", &req.container_id)?;
         bounded("rootfs_tag", &req.rootfs_tag)?;
         bounded("rootfs_path", &req.rootfs_path)?;
-        self.containers
-            .create(
+        // The jail's set-up and the hooks take a while: off the runtime's threads.
+        let containers = self.containers.clone();
+        tokio::task::spawn_blocking(move || {
+            containers.create(
                 &req.container_id,
                 &req.oci_spec_json,
                 &req.rootfs_tag,
                 &req.rootfs_path,
             )
-            .map_err(container_error)?;
+        })
+        .await
+        .map_err(|e| ttrpc::Error::Others(format!("creating the container: {e}")))?
+        .map_err(container_error)?;
         Ok(Empty::default())
     }
 
@@ -185,10 +190,12 @@ impl agent::Agent for AgentService {
     ) -> ttrpc::Result<StartContainerResponse> {
         bounded("container_id", &req.container_id)?;
         bounded("exec_id", &req.exec_id)?;
-        let pid = self
-            .containers
-            .start(&req.container_id, &req.exec_id)
-            .map_err(container_error)?;
+        let containers = self.containers.clone();
+        let pid =
+            tokio::task::spawn_blocking(move || containers.start(&req.container_id, &req.exec_id))
+                .await
+                .map_err(|e| ttrpc::Error::Others(format!("starting the process: {e}")))?
+                .map_err(container_error)?;
         Ok(StartContainerResponse {
             pid,
             ..Default::default()

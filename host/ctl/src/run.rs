@@ -172,6 +172,8 @@ fn spec_value(
     v["process"]["env"] = serde_json::json!(env);
     v["process"]["terminal"] = false.into();
     v["hostname"] = hostname.into();
+    // runc's default root is read-only; containerd's and docker's are not.
+    v["root"]["readonly"] = false.into();
     Ok(v)
 }
 

@@ -9,13 +9,21 @@
 //!
 //! Modules, one job each:
 //! - [`spec`]: reads and validates the spec into plans (the only place that parses it).
-//! - [`jail`]: what a container's process does between fork and exec.
+//! - [`jail`]: the jail process, between the agent's fork and the program's exec.
+//! - [`launch`]: the agent's side of a jail process: start it, drive it, wait for it.
+//! - [`sync`]: the messages between the two.
+//! - [`capabilities`], [`paths`], [`hooks`]: capability sets, paths inside the root, OCI hooks.
 //! - [`cgroups`]: the container's cgroup v2: limits, stats, freezing, OOM events.
 //! - [`seccomp`]: the OCI seccomp profile (or the default one) compiled with libseccomp.
 //! - [`selinux`]: the process and mount labels.
 
+pub mod capabilities;
 pub mod cgroups;
+pub mod hooks;
 pub mod jail;
+pub mod launch;
+pub mod paths;
 pub mod seccomp;
 pub mod selinux;
 pub mod spec;
+pub mod sync;

@@ -21,10 +21,13 @@ use husk_protocols::stdio::StreamKind;
 use tokio::sync::mpsc;
 use tokio_vsock::VsockStream;
 
-use self::process::{PidNamespace, Process};
+use self::process::Process;
 use rustjail::cgroups::{self as cgroup, Cgroup};
-use rustjail::jail::JailPlan;
+use rustjail::hooks::{self, State as OciState};
+use rustjail::launch::Created;
 use rustjail::spec::{self, ContainerPlan, ProcessPlan};
+use rustjail::spec::{Namespace, NamespaceMode};
+use rustjail::sync::{JailConfig, Mode};
 
 /// Where container directories live in the guest.
 pub const CONTAINERS_DIR: &str = "/run/husk/containers";
@@ -59,6 +62,8 @@ pub enum ContainerError {
         id: String,
         source: cgroup::CgroupError,
     },
+    #[error("container {id:?}: {message}")]
+    Jail { id: String, message: String },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -87,7 +92,9 @@ impl ContainerError {
             }
             ContainerError::Exists(_) => ttrpc::Code::ALREADY_EXISTS,
             ContainerError::NotFound(_) => ttrpc::Code::NOT_FOUND,
-            ContainerError::State { .. } => ttrpc::Code::FAILED_PRECONDITION,
+            ContainerError::State { .. } | ContainerError::Jail { .. } => {
+                ttrpc::Code::FAILED_PRECONDITION
+            }
             ContainerError::Cgroup {
                 source: cgroup::CgroupError::Invalid { .. },
                 ..
@@ -114,6 +121,8 @@ pub struct Container {
     init: Arc<Process>,
     execs: Mutex<HashMap<String, Arc<Process>>>,
     cgroup: Option<Cgroup>,
+    /// The init, created and waiting for StartContainer.
+    created: Mutex<Option<Created>>,
     oom_watch: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Frozen by PauseContainer: nothing may start in it (a new process would freeze before
     /// its exec, and the start with it).
@@ -194,26 +203,6 @@ fn check_id(what: &'static str, id: &str) -> Result<(), ContainerError> {
     }
 }
 
-/// Refuses a mount destination whose path inside the rootfs goes through a symlink: mounts are
-/// made before `pivot_root`, where a symlink would point into the guest's own filesystem.
-fn check_no_symlinks(rootfs: &Path, dest: &Path) -> Result<(), ContainerError> {
-    let mut p = rootfs.to_path_buf();
-    for c in dest.components().skip(1) {
-        p.push(c);
-        match std::fs::symlink_metadata(&p) {
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(ContainerError::Invalid(format!(
-                    "mount destination {} goes through a symlink in the image; it is refused",
-                    dest.display()
-                )))
-            }
-            Ok(_) => {}
-            Err(_) => break, // created below, as a directory
-        }
-    }
-    Ok(())
-}
-
 /// `args[0]` as a path inside the container: absolute as given, or found on the spec's PATH.
 fn resolve_program(rootfs: &Path, plan: &ProcessPlan) -> Result<PathBuf, ContainerError> {
     let prog = &plan.args[0];
@@ -260,7 +249,12 @@ fn share_subpath(path: &str) -> Result<PathBuf, ContainerError> {
 /// Mounts the container's root: `image` (the share's `subpath`, bound read-only at
 /// `dir/image`), a tmpfs at `dir/cow` for its writes, and an overlay of both at `dir/rootfs`,
 /// so a container never changes the image on the host and its writes vanish with it.
-fn mount_rootfs(dir: &Path, share: &Path, subpath: &Path) -> Result<PathBuf, ContainerError> {
+fn mount_rootfs(
+    dir: &Path,
+    share: &Path,
+    subpath: &Path,
+    label: Option<&str>,
+) -> Result<PathBuf, ContainerError> {
     use nix::mount::{mount, MsFlags};
     let (image, cow, rootfs) = (dir.join("image"), dir.join("cow"), dir.join("rootfs"));
     for d in [&image, &cow, &rootfs] {
@@ -303,12 +297,17 @@ fn mount_rootfs(dir: &Path, share: &Path, subpath: &Path) -> Result<PathBuf, Con
     for d in [&upper, &work] {
         std::fs::create_dir_all(d).map_err(io_err(format!("creating {}", d.display())))?;
     }
-    let options = format!(
+    let mut options = format!(
         "lowerdir={},upperdir={},workdir={}",
         image.display(),
         upper.display(),
         work.display()
     );
+    if let Some(l) = label {
+        // The container's files carry its mount label (SELinux), the image's included.
+        options.push(',');
+        options.push_str(&rustjail::selinux::mount_option(l));
+    }
     mount(
         Some("overlay"),
         &rootfs,
@@ -420,7 +419,55 @@ impl Containers {
         Ok(Reservation(self, id.to_owned()))
     }
 
-    /// Mounts the rootfs share, makes the cgroup and records the container.
+    /// The OCI state of container `c` for its hooks.
+    fn state_json(
+        &self,
+        c_id: &str,
+        plan: &ContainerPlan,
+        status: &str,
+        pid: Option<u32>,
+    ) -> String {
+        let bundle = self.paths.containers.join(c_id);
+        OciState {
+            oci_version: hooks::OCI_VERSION,
+            id: c_id,
+            status,
+            pid,
+            bundle: &bundle.display().to_string(),
+            annotations: &plan.annotations,
+        }
+        .to_json()
+    }
+
+    /// The namespaces a new container joins: its sandbox's, by /proc path.
+    fn sandbox_joins(
+        &self,
+        id: &str,
+        plan: &ContainerPlan,
+    ) -> Result<Vec<(Namespace, PathBuf)>, ContainerError> {
+        let Some(sandbox) = plan.sandbox.as_deref().filter(|s| *s != id) else {
+            return Ok(Vec::new());
+        };
+        let c = self.get(sandbox)?;
+        let pid = c.init.live_pid().ok_or_else(|| ContainerError::State {
+            id: sandbox.into(),
+            what: "is not running, so its namespaces cannot be shared".into(),
+        })?;
+        Ok(plan
+            .namespaces
+            .iter()
+            .filter(|(_, m)| *m == NamespaceMode::Sandbox)
+            .map(|(ns, _)| {
+                (
+                    *ns,
+                    self.paths.proc.join(format!("{pid}/ns/{}", ns.proc_name())),
+                )
+            })
+            .collect())
+    }
+
+    /// Mounts the rootfs share, makes the cgroup, creates the init in its jail (waiting for
+    /// StartContainer) and records the container. Blocks for the jail's set-up and hooks.
     pub fn create(
         &self,
         id: &str,
@@ -437,34 +484,65 @@ impl Containers {
         let subpath = share_subpath(rootfs_path)?;
         let plan = spec::parse(spec_json)?;
         let _reserved = self.reserve(id)?;
+        let selinux = rustjail::selinux::is_enabled();
         let mut cgroup = None;
         let made = (|| {
+            let joins = self.sandbox_joins(id, &plan)?;
             let share = self.share(rootfs_tag)?;
-            let rootfs = mount_rootfs(&self.paths.containers.join(id), &share, &subpath)?;
-            for m in &plan.mounts {
-                check_no_symlinks(&rootfs, &m.destination)?;
-                let dir = rootfs.join(m.destination.strip_prefix("/").unwrap_or(&m.destination));
-                if !m.bind {
-                    std::fs::create_dir_all(&dir).map_err(io_err(format!(
-                        "creating mount point {}",
-                        m.destination.display()
-                    )))?;
-                }
-            }
-            resolve_program(&rootfs, &plan.process)?;
+            let label = selinux.then(|| {
+                plan.mount_label
+                    .clone()
+                    .unwrap_or_else(|| rustjail::selinux::DEFAULT_MOUNT_LABEL.into())
+            });
+            let rootfs = mount_rootfs(
+                &self.paths.containers.join(id),
+                &share,
+                &subpath,
+                label.as_deref(),
+            )?;
+            // Mount destinations may not leave the root through the image's symlinks.
+            rustjail::jail::mount_targets(&plan, &rootfs).map_err(ContainerError::Invalid)?;
+            let program = resolve_program(&rootfs, &plan.process)?;
             if let Some(root) = &self.paths.cgroup_root {
                 let cg = cgroup.insert(Cgroup::create(root, id).map_err(cgroup_err(id))?);
                 if let Some(r) = &plan.resources {
                     cg.apply(r).map_err(cgroup_err(id))?;
                 }
             }
-            let init = Process::new(id, "", plan.process.clone())?;
-            Ok::<_, ContainerError>((rootfs, init))
+            let init = Arc::new(Process::new(id, "", plan.process.clone())?);
+            let cfg = JailConfig {
+                container_id: id.to_owned(),
+                mode: Mode::Create {
+                    plan: Box::new(plan.clone()),
+                    rootfs: rootfs.clone(),
+                    joins,
+                },
+                program,
+                cgroup_procs: cgroup.as_ref().map(Cgroup::procs_file),
+                selinux,
+            };
+            let stdio = init.child_stdio()?;
+            let mut on_mounted = |pid: u32| {
+                let state = self.state_json(id, &plan, "creating", Some(pid));
+                hooks::run_all("createRuntime", &plan.hooks.create_runtime, &state)
+                    .map_err(|e| e.to_string())?;
+                Ok(state)
+            };
+            let (pid, created) =
+                rustjail::launch::spawn(cfg, stdio, &mut on_mounted).map_err(|e| {
+                    ContainerError::Jail {
+                        id: id.to_owned(),
+                        message: e.to_string(),
+                    }
+                })?;
+            init.spawned(pid);
+            Ok::<_, ContainerError>((rootfs, init, created))
         })();
-        let (rootfs, init) = match made {
+        let (rootfs, init, created) = match made {
             Ok(m) => m,
             Err(e) => {
                 if let Some(cg) = &cgroup {
+                    let _ = cg.kill_all();
                     let _ = cg.remove();
                 }
                 self.unmount(id);
@@ -475,9 +553,10 @@ impl Containers {
             id: id.to_owned(),
             rootfs,
             plan,
-            init: Arc::new(init),
+            init,
             execs: Mutex::new(HashMap::new()),
             cgroup,
+            created: Mutex::new(created),
             oom_watch: Mutex::new(None),
             paused: std::sync::atomic::AtomicBool::new(false),
         });
@@ -582,21 +661,37 @@ impl Containers {
         Ok(())
     }
 
-    fn cgroup_procs(c: &Container) -> Result<Option<std::os::fd::OwnedFd>, ContainerError> {
-        c.cgroup
-            .as_ref()
-            .map(|cg| {
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(cg.procs_file())
-                    .map(Into::into)
-                    .map_err(io_err("opening the container's cgroup"))
-            })
-            .transpose()
+    /// The namespaces of the running init `pid` that differ from the agent's, in the order an
+    /// exec'd process joins them (user first, mount last).
+    fn init_namespaces(&self, pid: u32) -> Result<Vec<(Namespace, PathBuf)>, ContainerError> {
+        use std::os::unix::fs::MetadataExt;
+        let mut out = Vec::new();
+        for ns in [
+            Namespace::User,
+            Namespace::Cgroup,
+            Namespace::Ipc,
+            Namespace::Uts,
+            Namespace::Network,
+            Namespace::Pid,
+            Namespace::Mount,
+        ] {
+            let theirs = self.paths.proc.join(format!("{pid}/ns/{}", ns.proc_name()));
+            let ours = self.paths.proc.join(format!("self/ns/{}", ns.proc_name()));
+            let (Ok(t), Ok(o)) = (std::fs::metadata(&theirs), std::fs::metadata(&ours)) else {
+                return Err(ContainerError::State {
+                    id: String::new(),
+                    what: format!("its init's {} namespace is gone", ns.proc_name()),
+                });
+            };
+            if (t.dev(), t.ino()) != (o.dev(), o.ino()) {
+                out.push((ns, theirs));
+            }
+        }
+        Ok(out)
     }
 
-    /// Starts the container's init (empty `exec_id`) in its jail, or an exec'd process in the
-    /// init's namespaces and root.
+    /// Starts the container's init (empty `exec_id`), created and waiting, or an exec'd
+    /// process in the init's namespaces, cgroup and root. Blocks for the jail and the hooks.
     pub fn start(&self, id: &str, exec_id: &str) -> Result<u32, ContainerError> {
         let (c, p) = self.process(id, exec_id)?;
         if c.paused.load(std::sync::atomic::Ordering::SeqCst) {
@@ -605,59 +700,70 @@ impl Containers {
                 what: "is paused: resume it first".into(),
             });
         }
-        let program = resolve_program(&c.rootfs, p.plan())?;
-        let cgroup_procs = Self::cgroup_procs(&c)?;
-        let (jail, pidns) = if exec_id.is_empty() {
-            let mut pidns = PidNamespace::New;
-            let mut joined = Vec::new();
-            if let Some((sandbox, types)) = c.plan.shares_with.as_ref().filter(|(s, _)| s != id) {
-                for t in types {
-                    let fd = self.namespace_of(sandbox, *t)?;
-                    match *t {
-                        libc::CLONE_NEWPID => pidns = PidNamespace::Join(fd),
-                        _ => joined.push((fd, *t)),
-                    }
-                }
-            }
-            let jail = JailPlan::new(&c.rootfs, &c.plan, cgroup_procs, joined)
-                .map_err(io_err("preparing the jail"))?;
-            (jail, pidns)
-        } else {
-            let init = c.init.running_pid().ok_or_else(|| ContainerError::State {
-                id: id.into(),
-                what: "is not running any more".into(),
-            })?;
-            let jail = JailPlan::join(&self.paths.proc, init, p.plan(), cgroup_procs)
-                .map_err(io_err("entering the container"))?;
-            let pidns = std::fs::File::open(self.paths.proc.join(format!("{init}/ns/pid")))
-                .map_err(io_err("entering the container's pid namespace"))?;
-            (jail, PidNamespace::Join(pidns.into()))
+        let jail_err = |e: rustjail::launch::LaunchError| ContainerError::Jail {
+            id: id.to_owned(),
+            message: e.to_string(),
         };
-        let pid = p.launch(&program, jail, pidns)?;
+        if exec_id.is_empty() {
+            let created = c
+                .created
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .ok_or_else(|| ContainerError::State {
+                    id: id.into(),
+                    what: "already started".into(),
+                })?;
+            let pid = created.pid();
+            p.begin_io()?;
+            let state = self.state_json(id, &c.plan, "created", Some(pid));
+            let secs = c
+                .plan
+                .hooks
+                .start_container
+                .iter()
+                .map(|h| h.timeout_secs)
+                .sum();
+            created.start(state, secs).map_err(jail_err)?;
+            p.mark_started();
+            tracing::info!(container = id, pid, "container started");
+            let state = self.state_json(id, &c.plan, "running", Some(pid));
+            if let Err(e) = hooks::run_all("poststart", &c.plan.hooks.poststart, &state) {
+                tracing::warn!(container = id, error = %e, "poststart hook");
+            }
+            return Ok(pid);
+        }
+        let init = c.init.running_pid().ok_or_else(|| ContainerError::State {
+            id: id.into(),
+            what: "is not running any more".into(),
+        })?;
+        let program = resolve_program(&c.rootfs, p.plan())?;
+        let joins = self.init_namespaces(init).map_err(|e| match e {
+            ContainerError::State { what, .. } => ContainerError::State {
+                id: id.into(),
+                what,
+            },
+            other => other,
+        })?;
+        let cfg = JailConfig {
+            container_id: id.to_owned(),
+            mode: Mode::Exec {
+                process: Box::new(p.plan().clone()),
+                joins,
+                seccomp: c.plan.seccomp.clone(),
+            },
+            program,
+            cgroup_procs: c.cgroup.as_ref().map(Cgroup::procs_file),
+            selinux: rustjail::selinux::is_enabled(),
+        };
+        let stdio = p.child_stdio()?;
+        p.begin_io()?;
+        let (pid, _) =
+            rustjail::launch::spawn(cfg, stdio, &mut |_| Ok(String::new())).map_err(jail_err)?;
+        p.spawned(pid);
+        p.mark_started();
         tracing::info!(container = id, exec = exec_id, pid, "process started");
         Ok(pid)
-    }
-
-    /// A namespace (`CLONE_NEWPID`, `CLONE_NEWIPC` or `CLONE_NEWUTS`) of container `id`'s
-    /// running init.
-    fn namespace_of(
-        &self,
-        id: &str,
-        nstype: libc::c_int,
-    ) -> Result<std::os::fd::OwnedFd, ContainerError> {
-        let c = self.get(id)?;
-        let pid = c.init.running_pid().ok_or_else(|| ContainerError::State {
-            id: id.into(),
-            what: "is not running, so its namespaces cannot be shared".into(),
-        })?;
-        let name = match nstype {
-            libc::CLONE_NEWPID => "pid",
-            libc::CLONE_NEWIPC => "ipc",
-            _ => "uts",
-        };
-        let f = std::fs::File::open(self.paths.proc.join(format!("{pid}/ns/{name}")))
-            .map_err(io_err(format!("opening the {name} namespace of {id}")))?;
-        Ok(f.into())
     }
 
     /// Waits for a process's exit and the end of its output. An exec'd process is forgotten
@@ -766,8 +872,10 @@ impl Containers {
                 tracing::warn!(container = id, error = %e, "killing the cgroup");
             }
         }
+        // A created init that never started is still waiting in its jail: it goes too.
+        c.created.lock().unwrap_or_else(|p| p.into_inner()).take();
         for p in &procs {
-            if p.running_pid().is_some() {
+            if p.live_pid().is_some() {
                 let _ = p.signal(libc::SIGKILL as u32);
                 if !p.exited_within(KILL_WAIT).await {
                     return Err(ContainerError::State {
@@ -791,6 +899,14 @@ impl Containers {
         self.unmount(id);
         self.all().remove(id);
         tracing::info!(container = id, "container removed");
+        let state = self.state_json(id, &c.plan, "stopped", None);
+        let poststop = c.plan.hooks.poststop.clone();
+        let result =
+            tokio::task::spawn_blocking(move || hooks::run_all("poststop", &poststop, &state))
+                .await;
+        if let Ok(Err(e)) = result {
+            tracing::warn!(container = id, error = %e, "poststop hook");
+        }
         Ok(())
     }
 

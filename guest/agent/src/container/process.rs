@@ -1,41 +1,30 @@
-//! One process of a container, its init or an exec'd one: its stdio slots (pipes, or a
-//! terminal), its launch into the jail, its exit status, signals, stdin and window size.
+//! One process of a container, its init or an exec'd one: its stdio (pipes, or a terminal)
+//! made when it is created, the copies between them and its vsock streams once it starts, its
+//! exit status, signals, stdin and window size.
 //!
 //! Owns the guarantee that the exit status is published only after every byte of the
 //! process's output was written to its streams. Must never block the async runtime (the wait
 //! for the child runs on the blocking pool) nor decide what the jail does (that is
-//! [`super::jail`]'s).
+//! rustjail's).
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use husk_protocols::stdio::StreamKind;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
 use tokio_vsock::VsockStream;
 
 use super::tty::Pty;
 use super::{io_err, ContainerError};
-use rustjail::jail::{self, JailPlan};
 use rustjail::spec::ProcessPlan;
 
 /// Pipe capacity for a process's stdio: fewer, larger reads and vsock packets.
 const PIPE_SIZE: libc::c_int = 1 << 20;
 /// Copy buffer for output: large writes keep vsock packets full (8 KiB ones cost ~8× more).
 const COPY_BUF: usize = 256 * 1024;
-
-/// The PID namespace a process starts in.
-#[derive(Debug)]
-pub enum PidNamespace {
-    /// A new one, of which the process is init (a container's init).
-    New,
-    /// The one open as this fd (an exec'd process joins its container's).
-    Join(OwnedFd),
-}
 
 #[derive(Default)]
 struct Streams {
@@ -44,12 +33,22 @@ struct Streams {
     stderr: Option<VsockStream>,
 }
 
+/// The pipes of a process without a terminal: the child's ends go to the jail, the agent's
+/// are copied to and from the streams once the process starts.
+struct Pipes {
+    child: Option<[OwnedFd; 3]>,
+    stdin: Option<OwnedFd>,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+}
+
 #[derive(Default)]
 struct State {
     streams: Streams,
     pid: Option<u32>,
     started: bool,
     exited: bool,
+    copies: Vec<JoinHandle<()>>,
 }
 
 /// A process, before and after it runs.
@@ -58,6 +57,7 @@ pub struct Process {
     exec_id: String,
     plan: ProcessPlan,
     pty: Option<Pty>,
+    pipes: Mutex<Option<Pipes>>,
     state: Mutex<State>,
     exit: watch::Sender<Option<i32>>,
     close_stdin: Arc<Notify>,
@@ -123,22 +123,38 @@ async fn copy_in(mut from: VsockStream, mut to: Writer, close: Arc<Notify>) {
 }
 
 impl Process {
-    /// A process not started yet; a terminal is allocated now, so it can be resized at once.
+    /// A process not started yet, with its stdio made now: a terminal (so it can be resized at
+    /// once) or three pipes.
     pub fn new(
         container_id: &str,
         exec_id: &str,
         plan: ProcessPlan,
     ) -> Result<Self, ContainerError> {
-        let pty = if plan.terminal {
-            Some(Pty::open().map_err(io_err("allocating a terminal"))?)
+        let (pty, pipes) = if plan.terminal {
+            (
+                Some(Pty::open().map_err(io_err("allocating a terminal"))?),
+                None,
+            )
         } else {
-            None
+            let (in_r, in_w) = pipe()?;
+            let (out_r, out_w) = pipe()?;
+            let (err_r, err_w) = pipe()?;
+            (
+                None,
+                Some(Pipes {
+                    child: Some([in_r, out_w, err_w]),
+                    stdin: Some(in_w),
+                    stdout: Some(out_r),
+                    stderr: Some(err_r),
+                }),
+            )
         };
         Ok(Self {
             container_id: container_id.to_owned(),
             exec_id: exec_id.to_owned(),
             plan,
             pty,
+            pipes: Mutex::new(pipes),
             state: Mutex::new(State::default()),
             exit: watch::channel(None).0,
             close_stdin: Arc::new(Notify::new()),
@@ -165,8 +181,14 @@ impl Process {
         &self.plan
     }
 
-    /// The pid, while the process runs.
+    /// The pid, while the process runs its program.
     pub fn running_pid(&self) -> Option<u32> {
+        let st = self.state();
+        st.pid.filter(|_| st.started && !st.exited)
+    }
+
+    /// The pid, from creation (a created init waits for its start) to exit.
+    pub fn live_pid(&self) -> Option<u32> {
         let st = self.state();
         st.pid.filter(|_| !st.exited)
     }
@@ -205,129 +227,97 @@ impl Process {
         Ok(())
     }
 
-    /// Starts `program` (a path inside the container) in `jail` and `pidns`; returns its pid in
-    /// the guest's root PID namespace.
-    pub fn launch(
-        self: &Arc<Self>,
-        program: &Path,
-        jail: JailPlan,
-        pidns: PidNamespace,
-    ) -> Result<u32, ContainerError> {
+    /// The process's ends of its stdio (stdin, stdout, stderr), for the jail; once.
+    pub fn child_stdio(&self) -> Result<[OwnedFd; 3], ContainerError> {
+        if let Some(pty) = &self.pty {
+            return pty
+                .child_stdio()
+                .map_err(io_err("handing the terminal over"));
+        }
+        self.pipes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+            .and_then(|p| p.child.take())
+            .ok_or_else(|| self.error("its stdio was already handed to a process"))
+    }
+
+    /// Records the pid of the process (in the guest's pid namespace) and waits for its exit
+    /// in the background; the status is published once its output is all out.
+    pub fn spawned(self: &Arc<Self>, pid: u32) {
+        if let Some(pty) = &self.pty {
+            // The jail holds the slave now: the master reads end of file when it is gone.
+            pty.release_slave();
+        }
+        self.state().pid = Some(pid);
+        let me = self.clone();
+        tokio::spawn(async move {
+            let code = tokio::task::spawn_blocking(move || rustjail::launch::wait(pid))
+                .await
+                .unwrap_or(255);
+            // Output first: the exit status is published only once every byte is out.
+            let copies = std::mem::take(&mut me.state().copies);
+            for t in copies {
+                let _ = t.await;
+            }
+            me.state().exited = true;
+            tracing::info!(container = %me.container_id, exec = %me.exec_id, code, "process exited");
+            me.exit.send_replace(Some(code));
+        });
+    }
+
+    /// Connects the process's stdio to its attached streams (output not attached is drained,
+    /// stdin not attached ends at once). Called just before the program runs.
+    pub fn begin_io(&self) -> Result<(), ContainerError> {
         let mut st = self.state();
         if st.started {
             return Err(self.error("already started"));
         }
-        let streams = std::mem::take(&mut st.streams);
-        let mut cmd = Command::new(program);
-        cmd.arg0(&self.plan.args[0])
-            .args(&self.plan.args[1..])
-            .env_clear();
-        for kv in &self.plan.env {
-            if let Some((k, v)) = kv.split_once('=') {
-                cmd.env(k, v);
-            }
+        if st.exited {
+            return Err(self.error("has exited before it was started"));
         }
+        let streams = std::mem::take(&mut st.streams);
         let mut outputs: Vec<(Reader, Option<VsockStream>)> = Vec::new();
         let mut input: Option<(Writer, VsockStream)> = None;
         if let Some(pty) = &self.pty {
-            let [i, o, e] = pty
-                .child_stdio()
-                .map_err(io_err("handing the terminal over"))?;
-            cmd.stdin(i).stdout(o).stderr(e);
             let io = |what| pty.io().map_err(io_err(what));
             outputs.push((Box::new(io("reading the terminal")?), streams.stdout));
             if let Some(s) = streams.stdin {
                 input = Some((Box::new(io("writing the terminal")?), s));
             }
         } else {
-            for (kind, stream) in [
-                (StreamKind::Stdout, streams.stdout),
-                (StreamKind::Stderr, streams.stderr),
+            let mut pipes = self.pipes.lock().unwrap_or_else(|p| p.into_inner());
+            let p = pipes.as_mut().ok_or_else(|| self.error("has no stdio"))?;
+            for (fd, stream) in [
+                (p.stdout.take(), streams.stdout),
+                (p.stderr.take(), streams.stderr),
             ] {
-                let child_end = match stream {
-                    Some(s) => {
-                        let (r, w) = pipe()?;
-                        let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(r)
-                            .map_err(io_err("reading process output"))?;
-                        outputs.push((Box::new(rx), Some(s)));
-                        Stdio::from(w)
-                    }
-                    None => Stdio::null(),
-                };
-                match kind {
-                    StreamKind::Stdout => cmd.stdout(child_end),
-                    _ => cmd.stderr(child_end),
-                };
+                let fd = fd.ok_or_else(|| self.error("its output was already connected"))?;
+                let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
+                    .map_err(io_err("reading process output"))?;
+                outputs.push((Box::new(rx), stream));
             }
-            match streams.stdin {
-                Some(s) => {
-                    let (r, w) = pipe()?;
-                    let tx = tokio::net::unix::pipe::Sender::from_owned_fd(w)
-                        .map_err(io_err("feeding stdin"))?;
-                    cmd.stdin(Stdio::from(r));
-                    input = Some((Box::new(tx), s));
-                }
-                None => {
-                    cmd.stdin(Stdio::null());
-                }
+            let w = p.stdin.take();
+            if let (Some(w), Some(s)) = (w, streams.stdin) {
+                let tx = tokio::net::unix::pipe::Sender::from_owned_fd(w)
+                    .map_err(io_err("feeding stdin"))?;
+                input = Some((Box::new(tx), s));
             }
+            // Without a stdin stream the write end is dropped here: the process reads EOF.
         }
-        // SAFETY: `jail::enter` runs between fork and exec and allocates nothing; every string
-        // and file it uses was prepared in the `JailPlan` beforehand.
-        unsafe {
-            cmd.pre_exec(move || jail::enter(&mut jail::LibcJail, &jail));
-        }
-        // A PID namespace applies to the children of the thread that enters it: use a thread
-        // of its own, so the agent itself never changes namespace.
-        let spawned = std::thread::spawn(move || {
-            match &pidns {
-                PidNamespace::New => nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID),
-                PidNamespace::Join(fd) => {
-                    nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWPID)
-                }
-            }
-            .map_err(std::io::Error::from)?;
-            cmd.spawn()
-        })
-        .join()
-        .map_err(|_| ContainerError::Invalid("the spawning thread panicked".into()))?;
-        let mut child = spawned.map_err(io_err(format!(
-            "starting {} in container {}",
-            program.display(),
-            self.container_id
-        )))?;
-        // The child's ends went with `cmd` when the thread returned: EOF comes at its exit.
-        if let Some(pty) = &self.pty {
-            pty.release_slave();
-        }
-        let pid = child.id();
-        st.started = true;
-        st.pid = Some(pid);
-        drop(st);
-
-        let copies: Vec<_> = outputs
+        st.copies = outputs
             .into_iter()
             .map(|(r, s)| tokio::spawn(copy_out(r, s)))
             .collect();
         if let Some((w, s)) = input {
             tokio::spawn(copy_in(s, w, self.close_stdin.clone()));
         }
-        let me = self.clone();
-        tokio::spawn(async move {
-            let status = tokio::task::spawn_blocking(move || child.wait()).await;
-            // Output first: the exit status is published only once every byte is out.
-            for t in copies {
-                let _ = t.await;
-            }
-            let code = match status {
-                Ok(Ok(s)) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)),
-                _ => 255,
-            };
-            me.state().exited = true;
-            tracing::info!(container = %me.container_id, exec = %me.exec_id, code, "process exited");
-            me.exit.send_replace(Some(code));
-        });
-        Ok(pid)
+        Ok(())
+    }
+
+    /// Marks the process as running its program.
+    pub fn mark_started(&self) {
+        self.state().started = true;
     }
 
     /// Waits for the exit and the end of the output; the exit code (or 128 + signal).

@@ -8,7 +8,6 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::pin::Pin;
-use std::process::Stdio;
 use std::sync::Mutex;
 use std::task::{ready, Context, Poll};
 
@@ -48,12 +47,12 @@ impl Pty {
     }
 
     /// Three handles on the slave, for the child's stdin, stdout and stderr.
-    pub fn child_stdio(&self) -> io::Result<[Stdio; 3]> {
+    pub fn child_stdio(&self) -> io::Result<[OwnedFd; 3]> {
         let slave = self.slave.lock().unwrap_or_else(|p| p.into_inner());
         let slave = slave
             .as_ref()
             .ok_or_else(|| io::Error::other("the terminal was already handed to a process"))?;
-        let dup = || slave.try_clone().map(Stdio::from);
+        let dup = || slave.try_clone();
         Ok([dup()?, dup()?, dup()?])
     }
 
