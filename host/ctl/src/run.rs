@@ -44,6 +44,8 @@ pub struct RunArgs {
     #[arg(long)]
     name: Option<String>,
     #[command(flatten)]
+    security: SpecArgs,
+    #[command(flatten)]
     boot: BootArgs,
     /// The container image: an OCI image layout (directory or tar), a docker archive (`docker
     /// save`), or a root filesystem directory (used in place).
@@ -52,6 +54,198 @@ pub struct RunArgs {
     /// Command and arguments (after `--`).
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
+}
+
+/// Flags that shape the container's OCI spec (as docker's), applied in this order: the
+/// `--spec` file (or runc's defaults), the image's settings, then each flag.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SpecArgs {
+    /// An OCI runtime spec (config.json) to start from instead of runc's defaults; husk sets
+    /// its root, and its command when one is given after `--` or the spec has none.
+    #[arg(long, value_name = "FILE")]
+    pub spec: Option<PathBuf>,
+    /// Mount the container's root read-only.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Add a capability (CAP_NET_ADMIN or NET_ADMIN; ALL for every one); repeatable.
+    #[arg(long, value_name = "CAP")]
+    pub cap_add: Vec<String>,
+    /// Drop a capability (ALL for every one); repeatable.
+    #[arg(long, value_name = "CAP")]
+    pub cap_drop: Vec<String>,
+    /// Run as this user: UID[:GID].
+    #[arg(short, long, value_name = "UID[:GID]")]
+    pub user: Option<String>,
+    /// A resource limit: TYPE=SOFT[:HARD] (e.g. nofile=1024:2048); repeatable.
+    #[arg(long, value_name = "TYPE=SOFT[:HARD]")]
+    pub ulimit: Vec<String>,
+    /// seccomp=FILE (an OCI seccomp profile as JSON) or seccomp=unconfined, label=LABEL (the
+    /// process's SELinux label), no-new-privileges; repeatable.
+    #[arg(long, value_name = "OPTION")]
+    pub security_opt: Vec<String>,
+}
+
+/// Every capability name a flag may use (`ALL` stands for these).
+const ALL_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+fn cap_name(flag: &str, cap: &str) -> anyhow::Result<String> {
+    let upper = cap.to_ascii_uppercase();
+    let name = if upper.starts_with("CAP_") {
+        upper
+    } else {
+        format!("CAP_{upper}")
+    };
+    if !ALL_CAPS.contains(&name.as_str()) {
+        bail!("{flag} {cap}: not a capability (e.g. NET_RAW, SYS_ADMIN, ALL)");
+    }
+    Ok(name)
+}
+
+impl SpecArgs {
+    /// The spec to start from: the `--spec` file, or runc's defaults.
+    fn base(&self) -> anyhow::Result<serde_json::Value> {
+        let Some(path) = &self.spec else {
+            return Ok(serde_json::to_value(oci_spec::runtime::Spec::default())?);
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--spec {}: cannot read it", path.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("--spec {}: not JSON", path.display()))?;
+        if !v.is_object() {
+            bail!("--spec {}: an OCI spec is a JSON object", path.display());
+        }
+        Ok(v)
+    }
+
+    /// Applies the flags to `v`.
+    fn apply(&self, v: &mut serde_json::Value) -> anyhow::Result<()> {
+        if self.read_only {
+            v["root"]["readonly"] = true.into();
+        }
+        if !self.cap_add.is_empty() || !self.cap_drop.is_empty() {
+            let caps = &mut v["process"]["capabilities"];
+            for set in ["bounding", "effective", "permitted"] {
+                let mut list: Vec<String> = caps[set]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|c| c.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for c in &self.cap_drop {
+                    if c.eq_ignore_ascii_case("ALL") {
+                        list.clear();
+                    } else {
+                        let name = cap_name("--cap-drop", c)?;
+                        list.retain(|x| *x != name);
+                    }
+                }
+                for c in &self.cap_add {
+                    let names = if c.eq_ignore_ascii_case("ALL") {
+                        ALL_CAPS.iter().map(|s| s.to_string()).collect()
+                    } else {
+                        vec![cap_name("--cap-add", c)?]
+                    };
+                    for n in names {
+                        if !list.contains(&n) {
+                            list.push(n);
+                        }
+                    }
+                }
+                caps[set] = serde_json::json!(list);
+            }
+        }
+        if let Some(user) = &self.user {
+            let (u, g) = user.split_once(':').unwrap_or((user, "0"));
+            let (Ok(uid), Ok(gid)) = (u.parse::<u32>(), g.parse::<u32>()) else {
+                bail!("--user {user}: expected UID[:GID] as numbers");
+            };
+            v["process"]["user"]["uid"] = uid.into();
+            v["process"]["user"]["gid"] = gid.into();
+        }
+        for l in &self.ulimit {
+            let parsed = l.split_once('=').and_then(|(t, lim)| {
+                let (soft, hard) = lim.split_once(':').unwrap_or((lim, lim));
+                Some((t, soft.parse::<u64>().ok()?, hard.parse::<u64>().ok()?))
+            });
+            let Some((typ, soft, hard)) = parsed else {
+                bail!("--ulimit {l}: expected TYPE=SOFT[:HARD], e.g. nofile=1024:2048");
+            };
+            let typ = format!("RLIMIT_{}", typ.to_ascii_uppercase());
+            let rl = v["process"]["rlimits"]
+                .as_array_mut()
+                .map(std::mem::take)
+                .unwrap_or_default();
+            let mut rl: Vec<_> = rl
+                .into_iter()
+                .filter(|r| r["type"] != typ.as_str())
+                .collect();
+            rl.push(serde_json::json!({"type": typ, "soft": soft, "hard": hard}));
+            v["process"]["rlimits"] = rl.into();
+        }
+        for o in &self.security_opt {
+            match o.split_once('=') {
+                Some(("seccomp", "unconfined")) => {
+                    v["linux"]["seccomp"] = serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW"});
+                }
+                Some(("seccomp", file)) => {
+                    let text = std::fs::read_to_string(file)
+                        .with_context(|| format!("--security-opt seccomp={file}: cannot read it"))?;
+                    v["linux"]["seccomp"] = serde_json::from_str(&text)
+                        .with_context(|| format!("--security-opt seccomp={file}: not JSON"))?;
+                }
+                Some(("label", label)) => v["process"]["selinuxLabel"] = label.into(),
+                None if o == "no-new-privileges" => v["process"]["noNewPrivileges"] = true.into(),
+                _ => bail!(
+                    "--security-opt {o}: expected seccomp=FILE, seccomp=unconfined, label=LABEL or no-new-privileges"
+                ),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// An error that already chose husk's exit code.
@@ -115,12 +309,47 @@ pub fn spec_for_image(
     hostname: &str,
     rootfs: &std::path::Path,
     terminal: bool,
+    flags: &SpecArgs,
 ) -> anyhow::Result<String> {
     let mut env = image.env.clone().unwrap_or_default();
     if terminal && !env.iter().any(|e| e.starts_with("TERM=")) {
         env.push("TERM=xterm".into());
     }
-    let mut v = spec_value(command, &mut env, extra_env, hostname)?;
+    let mut v = flags.base()?;
+    let from_file = flags.spec.is_some();
+    if !from_file {
+        // runc's default root is read-only; containerd's and docker's are not (--read-only).
+        v["root"]["readonly"] = false.into();
+    }
+    if from_file {
+        // The spec's own environment comes first; the image's fills what it lacks.
+        let own: Vec<String> = v["process"]["env"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for e in own {
+            let k = e.split('=').next().unwrap_or_default().to_owned();
+            env.retain(|x| !x.starts_with(&format!("{k}=")));
+            env.push(e);
+        }
+    }
+    let spec_args = v["process"]["args"].clone();
+    let spec_host = v["hostname"].clone();
+    spec_value(&mut v, command, &mut env, extra_env, hostname)?;
+    if from_file {
+        if command.is_empty() || spec_args.as_array().is_some_and(|a| !a.is_empty()) {
+            if !spec_args.is_null() {
+                v["process"]["args"] = spec_args;
+            }
+        }
+        if spec_host.is_string() {
+            v["hostname"] = spec_host;
+        }
+    }
     v["process"]["terminal"] = terminal.into();
     if let Some(dir) = image.working_dir.as_deref().filter(|d| !d.is_empty()) {
         v["process"]["cwd"] = dir.into();
@@ -129,6 +358,7 @@ pub fn spec_for_image(
         let (uid, gid) = resolve_user(user, rootfs)?;
         v["process"]["user"] = serde_json::json!({ "uid": uid, "gid": gid });
     }
+    flags.apply(&mut v)?;
     Ok(v.to_string())
 }
 
@@ -138,18 +368,21 @@ pub fn spec_for(
     extra_env: &[String],
     hostname: &str,
 ) -> anyhow::Result<String> {
-    Ok(spec_value(command, &mut Vec::new(), extra_env, hostname)?.to_string())
+    let mut v = serde_json::to_value(oci_spec::runtime::Spec::default())?;
+    v["root"]["readonly"] = false.into();
+    spec_value(&mut v, command, &mut Vec::new(), extra_env, hostname)?;
+    Ok(v.to_string())
 }
 
 /// runc's default spec with the command, hostname and environment: `env` (the image's, may be
 /// empty) gets a default PATH and HOME when it has none, then `extra_env` overrides.
 fn spec_value(
+    v: &mut serde_json::Value,
     command: &[String],
     env: &mut Vec<String>,
     extra_env: &[String],
     hostname: &str,
-) -> anyhow::Result<serde_json::Value> {
-    let mut v = serde_json::to_value(oci_spec::runtime::Spec::default())?;
+) -> anyhow::Result<()> {
     for (k, default) in [
         (
             "PATH",
@@ -172,9 +405,7 @@ fn spec_value(
     v["process"]["env"] = serde_json::json!(env);
     v["process"]["terminal"] = false.into();
     v["hostname"] = hostname.into();
-    // runc's default root is read-only; containerd's and docker's are not.
-    v["root"]["readonly"] = false.into();
-    Ok(v)
+    Ok(())
 }
 
 /// A sandbox's work directory, removed with everything in it when dropped.
@@ -202,7 +433,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         message: e.to_string(),
     })?;
     let command = command_for(&args.command, &image.config);
-    if command.is_empty() {
+    if command.is_empty() && args.security.spec.is_none() {
         bail!(RunError {
             code: RUN_FAILED,
             message: format!(
@@ -221,7 +452,15 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         read_only: true,
     });
     let name = args.name.clone().unwrap_or_else(|| cfg.id.clone());
-    let spec = spec_for_image(&command, &image.config, &args.env, &name, &rootfs, args.tty)?;
+    let spec = spec_for_image(
+        &command,
+        &image.config,
+        &args.env,
+        &name,
+        &rootfs,
+        args.tty,
+        &args.security,
+    )?;
     let _record = state::register(&state::Record {
         id: cfg.id.clone(),
         name: name.clone(),

@@ -224,9 +224,14 @@ fn dev(sys: &mut impl Sys, s: &Setup<'_>) -> Result<(), String> {
             .map_err(err(format_args!("chown of device {}", d.path.display())))?;
     }
     if plan.process.terminal && tmpfs_dev {
-        // The terminal is the container's console, as under runc.
-        bind(sys, "/proc/self/fd/0", &dev.join("console"), 0)
-            .map_err(err("binding the terminal at /dev/console"))?;
+        // The terminal is the container's console, as under runc. Bound by path: the fd's
+        // mount belongs to the agent's mount namespace, not this copy of it.
+        let tty = sys
+            .terminal_path()
+            .map_err(err("finding the terminal on stdin"))?;
+        bind(sys, &tty.display().to_string(), &dev.join("console"), 0).map_err(err(
+            format_args!("binding the terminal {} at /dev/console", tty.display()),
+        ))?;
     }
     Ok(())
 }

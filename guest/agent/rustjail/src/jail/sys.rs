@@ -64,6 +64,8 @@ pub trait Sys {
     fn umask(&mut self, mask: u32);
     /// `setsid()`, then makes the terminal on stdin the controlling terminal.
     fn take_terminal(&mut self) -> io::Result<()>;
+    /// The path of the terminal on stdin (`/dev/pts/N`).
+    fn terminal_path(&mut self) -> io::Result<std::path::PathBuf>;
 }
 
 fn cpath(p: &Path) -> io::Result<CString> {
@@ -329,6 +331,10 @@ impl Sys for LibcSys {
         // SAFETY: TIOCSCTTY on stdin, the terminal's slave.
         check(unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) })
     }
+
+    fn terminal_path(&mut self) -> io::Result<std::path::PathBuf> {
+        std::fs::read_link("/proc/self/fd/0")
+    }
 }
 
 /// Records each call, in order, as one line; answers `kind` from a list of existing paths.
@@ -470,5 +476,8 @@ impl Sys for Recorder {
     fn take_terminal(&mut self) -> io::Result<()> {
         self.calls.push("take_terminal".into());
         Ok(())
+    }
+    fn terminal_path(&mut self) -> io::Result<std::path::PathBuf> {
+        Ok("/dev/pts/0".into())
     }
 }
