@@ -7,6 +7,8 @@ set -euo pipefail
 HUSK_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export PATH="$HOME/.cargo/bin:$PATH"
 GUEST_TARGET=x86_64-unknown-linux-gnu
+# Where Debian keeps the guest target's static libraries (libseccomp.a).
+GUEST_LIBDIR=/usr/lib/x86_64-linux-gnu
 HUSK="$HUSK_ROOT/target/debug/husk"
 HUSK_INIT="$HUSK_ROOT/target/$GUEST_TARGET/release/husk-init"
 HUSK_AGENT="$HUSK_ROOT/target/$GUEST_TARGET/release/husk-agent"
@@ -17,7 +19,8 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # Debian packages for running VMs and building images (the kernel build installs its own).
 install_packages() {
-    # libcap-ng-dev and libseccomp-dev: to build virtiofsd (cargo install, below); runc: the
+    # libcap-ng-dev and libseccomp-dev: to build virtiofsd (cargo install, below); libseccomp-dev
+    # also gives husk-agent its libseccomp (libseccomp.a for the static guest build); runc: the
     # reference of `husk bench run`; containerd (with ctr): what the shim serves, and its tests;
     # bsdutils: `script`, which gives `ctr run -t` a terminal in the tests; iproute2: pod
     # network namespaces (the tests make them as CNI would); iputils-ping: the host end pings
@@ -57,7 +60,11 @@ build_husk() {
     (cd "$HUSK_ROOT" && cargo build -j"$JOBS" --workspace --bins)
     # Guest binaries: statically linked, so the image needs no libc. RUSTFLAGS only reaches the
     # guest target because --target is explicit (build scripts and proc macros stay dynamic).
+    # The agent's seccomp (rustjail) links libseccomp: statically here, from libseccomp-dev's
+    # libseccomp.a (libseccomp-sys reads LIBSECCOMP_LINK_TYPE and LIBSECCOMP_LIB_PATH); host
+    # builds and tests link libseccomp.so as usual.
     (cd "$HUSK_ROOT" && RUSTFLAGS="-C target-feature=+crt-static" \
+        LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH="$GUEST_LIBDIR" \
         cargo build -j"$JOBS" --release -p husk-init -p husk-agent --target "$GUEST_TARGET")
 }
 
