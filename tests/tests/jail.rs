@@ -319,9 +319,11 @@ fn pid_network_ipc_uts_and_cgroup_namespaces_are_the_containers() {
     let out = with_flags(
         &h,
         &[],
-        "echo pid=$$; ip -o link | cut -d: -f2 | tr -d ' \\n'; echo; cat /proc/self/cgroup; ls -d /dev/mqueue",
+        "echo pid=$$; ip -o link show lo | grep -c ',UP'; ls /sys/class/net | grep -c eth; \
+         cat /proc/self/cgroup; ls -d /dev/mqueue",
     );
-    assert_eq!(out, "pid=1\nlo\n0::/\n/dev/mqueue\n");
+    // A new network namespace: loopback up, none of the VM's NICs.
+    assert_eq!(out, "pid=1\n1\n0\n0::/\n/dev/mqueue\n");
     // Without a cgroup namespace the container sees its own cgroup's path, bound in place.
     let out = with_spec(
         &h,
@@ -343,7 +345,7 @@ fn devices_default_and_from_the_spec() {
         &h,
         |v| {
             v["linux"]["devices"] = serde_json::json!([
-                {"path": "/dev/mynull", "type": "c", "major": 1, "minor": 3, "fileMode": 432, "uid": 5, "gid": 6}
+                {"path": "/dev/mynull", "type": "c", "major": 1, "minor": 3, "fileMode": 438, "uid": 5, "gid": 6}
             ])
         },
         "echo hi > /dev/mynull && stat -c '%F %t,%T %a %u %g' /dev/mynull; \
@@ -352,7 +354,7 @@ fn devices_default_and_from_the_spec() {
     );
     assert_eq!(
         out,
-        "character special file 1,3 660 5 6\n/proc/self/fd\npts/ptmx\ndirs\n"
+        "character special file 1,3 666 5 6\n/proc/self/fd\npts/ptmx\ndirs\n"
     );
 }
 

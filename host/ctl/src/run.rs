@@ -85,6 +85,24 @@ pub struct SpecArgs {
     pub security_opt: Vec<String>,
 }
 
+/// The capabilities a container keeps by default under containerd and docker.
+const DEFAULT_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
 /// Every capability name a flag may use (`ALL` stands for these).
 const ALL_CAPS: &[&str] = &[
     "CAP_CHOWN",
@@ -166,7 +184,13 @@ impl SpecArgs {
         }
         if !self.cap_add.is_empty() || !self.cap_drop.is_empty() {
             let caps = &mut v["process"]["capabilities"];
-            for set in ["bounding", "effective", "permitted"] {
+            for set in [
+                "bounding",
+                "effective",
+                "permitted",
+                "inheritable",
+                "ambient",
+            ] {
                 let mut list: Vec<String> = caps[set]
                     .as_array()
                     .map(|a| {
@@ -183,7 +207,13 @@ impl SpecArgs {
                         list.retain(|x| *x != name);
                     }
                 }
-                for c in &self.cap_add {
+                // Added capabilities go to the three sets a root process uses, as docker's.
+                let adds: &[String] = if matches!(set, "inheritable" | "ambient") {
+                    &[]
+                } else {
+                    &self.cap_add
+                };
+                for c in adds {
                     let names = if c.eq_ignore_ascii_case("ALL") {
                         ALL_CAPS.iter().map(|s| s.to_string()).collect()
                     } else {
@@ -341,13 +371,27 @@ pub fn spec_for_image(
     let spec_host = v["hostname"].clone();
     spec_value(&mut v, command, &mut env, extra_env, hostname)?;
     if from_file {
-        if command.is_empty() || spec_args.as_array().is_some_and(|a| !a.is_empty()) {
-            if !spec_args.is_null() {
-                v["process"]["args"] = spec_args;
+        // A command after `--` wins; without one, the spec's own.
+        if command.is_empty() && !spec_args.is_null() {
+            v["process"]["args"] = spec_args;
+        }
+        // The spec's hostname, or none (it may have no UTS namespace to set one in).
+        match spec_host.is_string() {
+            true => v["hostname"] = spec_host,
+            false => {
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("hostname");
+                }
             }
         }
-        if spec_host.is_string() {
-            v["hostname"] = spec_host;
+    } else {
+        // containerd's and docker's default capabilities (runc's defaults keep only three).
+        let caps = serde_json::json!(DEFAULT_CAPS);
+        for set in ["bounding", "effective", "permitted"] {
+            v["process"]["capabilities"][set] = caps.clone();
+        }
+        for set in ["inheritable", "ambient"] {
+            v["process"]["capabilities"][set] = serde_json::json!([]);
         }
     }
     v["process"]["terminal"] = terminal.into();

@@ -264,7 +264,20 @@ fn stage2(
             (&**process, seccomp.as_ref(), process.selinux_label.clone())
         }
     };
-    let filter = crate::seccomp::Filter::compile(seccomp)
+    // Without a profile in the spec, husk's default one, for the capabilities the process keeps.
+    let default;
+    let profile = match seccomp {
+        Some(p) => p,
+        None => {
+            let caps: Vec<String> = crate::capabilities::names(process.capabilities.bounding)
+                .into_iter()
+                .map(str::to_owned)
+                .collect();
+            default = crate::seccomp::default_profile(&caps);
+            &default
+        }
+    };
+    let filter = crate::seccomp::Filter::compile(Some(profile))
         .map_err(|e| format!("compiling the seccomp profile: {e}"))?;
     let label = cfg
         .selinux

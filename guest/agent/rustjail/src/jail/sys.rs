@@ -173,8 +173,16 @@ impl Sys for LibcSys {
 
     fn mknod(&mut self, path: &Path, kind: u32, mode: u32, dev: u64) -> io::Result<()> {
         let p = cpath(path)?;
-        // SAFETY: `p` is NUL-terminated; mknod(2) takes plain numbers otherwise.
-        exists_ok(check(unsafe { libc::mknod(p.as_ptr(), kind | mode, dev) }))
+        // The node gets exactly `mode`: no umask in the way (as runc).
+        // SAFETY: umask(2) cannot fail; `p` is NUL-terminated; mknod(2) takes plain numbers.
+        let r = unsafe {
+            let old = libc::umask(0);
+            let rc = libc::mknod(p.as_ptr(), kind | mode, dev);
+            let r = check(rc);
+            libc::umask(old);
+            r
+        };
+        exists_ok(r)
     }
 
     fn chown(&mut self, path: &Path, uid: u32, gid: u32) -> io::Result<()> {
