@@ -12,6 +12,9 @@ pub const LOG_LEVEL: &str = "husk.log";
 /// N instead of its own, so a test can check that the host refuses an agent of another major.
 pub const AGENT_CLAIM_MAJOR: &str = "husk.agent.claim_major";
 
+/// The agent's own seccomp filter: `enforce` (default), `log` (log what it would refuse) or
+/// `off` (`husk.agent.seccomp=log`).
+pub const AGENT_SECCOMP: &str = "husk.agent.seccomp";
 /// The builtin VMM's boot-timer register (`husk.boot_timer=0xc0000000`): husk-init writes
 /// [`BOOT_TIMER_MAGIC`] there through /dev/mem when it is ready, so boot time is measured from
 /// inside the guest (Firecracker's boot timer). Absent under QEMU.

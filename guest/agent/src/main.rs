@@ -4,6 +4,7 @@
 //! This file owns start-up, the listener and signal handling. Request handling lives in
 //! [`rpc`]; it must never run here.
 
+mod confine;
 mod container;
 mod guest_info;
 mod network;
@@ -53,6 +54,11 @@ fn main() -> anyhow::Result<()> {
         .without_time()
         .with_target(false)
         .init();
+    // Containers and hooks are forked on the launcher thread, outside the agent's own filter.
+    rustjail::launcher::start().context("starting the launcher thread")?;
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let mode = confine::Mode::from_cmdline(&cmdline).map_err(anyhow::Error::msg)?;
+    confine::apply(mode).map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

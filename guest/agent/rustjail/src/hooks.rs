@@ -87,11 +87,13 @@ fn run(point: &'static str, h: &HookPlan, state: &str) -> Result<(), HookError> 
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|source| HookError::Start {
-        point,
-        path: path.clone(),
-        source,
-    })?;
+    // Forked on the unconfined thread: the agent's own seccomp filter must not reach a hook.
+    let mut child =
+        crate::launcher::run(move || cmd.spawn()).map_err(|source| HookError::Start {
+            point,
+            path: path.clone(),
+            source,
+        })?;
     let pid = child.id();
     let stdin = child.stdin.take();
     let body = state.as_bytes().to_vec();

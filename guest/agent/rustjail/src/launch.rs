@@ -102,7 +102,8 @@ pub fn spawn(
             Ok(())
         });
     }
-    let mut stage1 = cmd.spawn().map_err(LaunchError::Spawn)?;
+    // Forked on the unconfined thread: the agent's own seccomp filter must not reach the jail.
+    let mut stage1 = crate::launcher::run(move || cmd.spawn()).map_err(LaunchError::Spawn)?;
     drop(theirs);
     let result = converse(&mut ours, cfg, on_mounted);
     // Stage 1 exits once it has forked (or failed): reap it.

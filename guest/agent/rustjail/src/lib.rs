@@ -11,7 +11,7 @@
 //! - [`spec`]: reads and validates the spec into plans (the only place that parses it).
 //! - [`jail`]: the jail process, between the agent's fork and the program's exec.
 //! - [`launch`]: the agent's side of a jail process: start it, drive it, wait for it.
-//! - [`sync`]: the messages between the two.
+//! - [`sync`]: the messages between the two; [`launcher`]: the thread they are forked on.
 //! - [`capabilities`], [`paths`], [`hooks`]: capability sets, paths inside the root, OCI hooks.
 //! - [`cgroups`]: the container's cgroup v2: limits, stats, freezing, OOM events.
 //! - [`seccomp`]: the OCI seccomp profile (or the default one) compiled with libseccomp.
@@ -22,6 +22,7 @@ pub mod cgroups;
 pub mod hooks;
 pub mod jail;
 pub mod launch;
+pub mod launcher;
 pub mod paths;
 pub mod seccomp;
 pub mod selinux;
