@@ -2,28 +2,61 @@
 //! `linux.resources` limits written to it, its statistics, freezing, OOM-kill events, killing
 //! everything in it, and its removal.
 //!
-//! Owns the translation from OCI resource values to cgroup2 interface files (validated first,
-//! then written; only the fields that are set) and every read of those files, each bounded and
-//! parsed defensively. Must never write outside the cgroup directories it names, trust a value
-//! read from a file without parsing it, nor block the async runtime: the waits for a file to
-//! change are event driven (inotify, whose `IN_MODIFY` kernfs sends for `cgroup.events` and
-//! `memory.events`), and only [`Cgroup::remove`] blocks, for at most [`REMOVE_WAIT`].
+//! Owns the container cgroups' life and every write to them. The limits go through cgroups-rs
+//! (0.3, v2 mode): its controllers write `pids.max`, `memory.max`/`low`/`swap.max`,
+//! `cpu.weight`, `cpu.max`, `cpuset.cpus`/`mems`, `io.bfq.weight` and `io.max`, freeze and thaw
+//! through `cgroup.freeze`, and its `Cgroup` kills (`cgroup.kill`) and removes the directory.
+//! The rest stays direct, each for a reason:
+//! - [`plan`]: what to write is validated first, whole, by husk (cgroups-rs checks nothing, and
+//!   its `Cgroup::apply` ignores write errors), so it calls the controllers' setters one by one.
+//! - creation: cgroups-rs's v2 `create` reads the controller list from a fixed
+//!   `/sys/fs/cgroup`, writes every controller at every level and takes an existing directory
+//!   as success; husk enables its five controllers per level, each where that level offers it,
+//!   and refuses to share a cgroup ([`CgroupError::AlreadyExists`]).
+//! - statistics, `cgroup.procs`, `cgroup.events`, `memory.events` and `io.weight` ([`files`]):
+//!   cgroups-rs's v2 statistics panic on a missing file (`memory.high`, `memory.swap.events`)
+//!   or a device minor above 32767 (`io.stat`), turn parse errors into zeros and read without
+//!   bound, and it writes blkio weights only to `io.bfq.weight`; husk reads every file bounded
+//!   and parses it defensively.
+//! - the waits ([`watch`]): event driven (inotify on `cgroup.events` and `memory.events`);
+//!   cgroups-rs's OOM notifier is cgroup v1's `cgroup.event_control`.
 //!
-//! Nothing here needs root to be tested: the code only reads and writes files and makes and
-//! removes directories, so the unit tests run against a temporary directory.
+//! cgroups-rs's own v2 hierarchy is fixed at `/sys/fs/cgroup` (and `hierarchies::auto` checks
+//! its cgroup2 magic; nothing reads `/proc/self/mountinfo` in v2 mode), so husk gives it
+//! [`Hierarchy`], a v2 hierarchy rooted anywhere. That is how the unit tests run without root,
+//! against a temporary directory, through the real cgroups-rs code (no fake is needed): the
+//! files are plain files there. cgroups-rs opens files to write with `File::create`, which
+//! would make a missing file in a plain directory where kernfs refuses, so every write first
+//! checks that the file exists and fails with `NotFound` otherwise, the same on both.
+//!
+//! Must never write outside the cgroup directories it names, create an interface file, trust a
+//! value read from a file without parsing it, nor block the async runtime: only
+//! [`Cgroup::remove`] blocks, for at most [`REMOVE_WAIT`]. Never clone a `cgroups_rs::Cgroup`:
+//! its `Clone` replaces the hierarchy with `hierarchies::auto()`, the machine's own
+//! `/sys/fs/cgroup`; one is loaded per operation instead.
 
-use std::ffi::OsString;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+mod files;
+mod plan;
+mod watch;
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nix::poll::{PollFd, PollFlags, PollTimeout};
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent, WatchDescriptor};
-use oci_spec::runtime::{LinuxCpu, LinuxMemory, LinuxResources};
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
+use cgroups_rs::blkio::BlkIoController;
+use cgroups_rs::cpu::CpuController;
+use cgroups_rs::cpuset::CpuSetController;
+use cgroups_rs::error::ErrorKind as RsErrorKind;
+use cgroups_rs::freezer::FreezerController;
+use cgroups_rs::memory::{MemController, SetMemory};
+use cgroups_rs::pid::PidController;
+use cgroups_rs::{ControllIdentifier, Controller, MaxValue, Subsystem};
+use oci_spec::runtime::LinuxResources;
+
+use files::{keyed_value, nested_sums, parse_max, parse_u64, read_bounded, write_file};
+use plan::{blkio_to_io_weight, Setting};
+use watch::{AsyncWatch, Watches};
 
 /// Where the guest's cgroup2 hierarchy is mounted.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -39,13 +72,6 @@ const MAX_PROCS_READ: u64 = 1024 * 1024;
 pub const REMOVE_WAIT: Duration = Duration::from_secs(1);
 /// The longest [`Cgroup::remove`] waits for an event before trying again anyway.
 const REMOVE_RETRY: Duration = Duration::from_millis(50);
-/// The CFS period used when the spec sets a quota but no period (the kernel's default), µs.
-const DEFAULT_CPU_PERIOD: u64 = 100_000;
-/// The kernel's bounds on the CFS period and the smallest quota, µs.
-const CPU_PERIOD_RANGE: std::ops::RangeInclusive<u64> = 1_000..=1_000_000;
-const MIN_CPU_QUOTA: i64 = 1_000;
-/// The cgroup v1 `cpu.shares` range that maps onto `cpu.weight` 1-10000.
-const CPU_SHARES_RANGE: std::ops::RangeInclusive<u64> = 2..=262_144;
 
 const PROCS: &str = "cgroup.procs";
 const EVENTS: &str = "cgroup.events";
@@ -54,6 +80,9 @@ const KILL: &str = "cgroup.kill";
 const CGROUP_CONTROLLERS: &str = "cgroup.controllers";
 const SUBTREE_CONTROL: &str = "cgroup.subtree_control";
 const MEMORY_EVENTS: &str = "memory.events";
+const IO_WEIGHT: &str = "io.weight";
+const IO_BFQ_WEIGHT: &str = "io.bfq.weight";
+const IO_STAT: &str = "io.stat";
 
 /// Why a cgroup operation failed. Each message names the file or directory concerned.
 #[derive(Debug, thiserror::Error)]
@@ -119,11 +148,146 @@ pub struct Stats {
     pub pids_current: u64,
     /// `pids.max`; `None` when unlimited.
     pub pids_max: Option<u64>,
+    /// `rbytes` of `io.stat`, summed over the devices.
+    pub io_read_bytes: u64,
+    /// `wbytes` of `io.stat`, summed over the devices.
+    pub io_write_bytes: u64,
+    /// `rios` of `io.stat`, summed over the devices.
+    pub io_read_ios: u64,
+    /// `wios` of `io.stat`, summed over the devices.
+    pub io_write_ios: u64,
+}
+
+/// cgroups-rs's view of a cgroup2 hierarchy mounted at `root` (its own `hierarchies::V2` is
+/// fixed at `/sys/fs/cgroup`). Every v2 controller cgroups-rs has is listed: each is only a
+/// directory to read and write files in, and one whose files are missing fails when used.
+#[derive(Debug, Clone)]
+struct Hierarchy {
+    root: PathBuf,
+}
+
+impl Hierarchy {
+    /// The cgroup at `relative` (UTF-8, as cgroups-rs requires) under this root.
+    fn load(&self, relative: &str) -> cgroups_rs::Cgroup {
+        cgroups_rs::Cgroup::load(Box::new(self.clone()), relative)
+    }
+}
+
+impl cgroups_rs::Hierarchy for Hierarchy {
+    fn subsystems(&self) -> Vec<Subsystem> {
+        let root = || self.root.clone();
+        vec![
+            Subsystem::Pid(PidController::new(root(), true)),
+            Subsystem::Mem(MemController::new(root(), true)),
+            Subsystem::Cpu(CpuController::new(root(), true)),
+            Subsystem::CpuSet(CpuSetController::new(root(), true)),
+            Subsystem::BlkIo(BlkIoController::new(root(), true)),
+            // The freezer is core in v2 (`cgroup.freeze`), not a controller.
+            Subsystem::Freezer(FreezerController::new(root(), true)),
+        ]
+    }
+
+    fn root(&self) -> PathBuf {
+        self.root.clone()
+    }
+
+    fn root_control_group(&self) -> cgroups_rs::Cgroup {
+        self.load("")
+    }
+
+    fn parent_control_group(&self, path: &str) -> cgroups_rs::Cgroup {
+        let parent = Path::new(path).parent().and_then(Path::to_str);
+        self.load(parent.unwrap_or(""))
+    }
+
+    fn v2(&self) -> bool {
+        true
+    }
+}
+
+/// The `std::io::Error` inside a cgroups-rs error, copied (it is only lent).
+fn rs_io_error(e: &cgroups_rs::error::Error) -> Option<io::Error> {
+    let source = std::error::Error::source(e)?.downcast_ref::<io::Error>()?;
+    Some(match source.raw_os_error() {
+        Some(errno) => io::Error::from_raw_os_error(errno),
+        None => io::Error::new(source.kind(), source.to_string()),
+    })
+}
+
+/// A cgroups-rs error from writing `value` to `file` (possibly after reading it, as for
+/// `cpu.max`) as husk's, naming the file.
+fn rs_error(file: &Path, value: &str, e: cgroups_rs::error::Error) -> CgroupError {
+    let file = file.to_owned();
+    match (e.kind(), rs_io_error(&e)) {
+        (RsErrorKind::ReadFailed(_), Some(source)) => CgroupError::Read { file, source },
+        (RsErrorKind::ParseError | RsErrorKind::Common(_), _) => CgroupError::Parse {
+            file,
+            detail: e.to_string(),
+        },
+        (_, source) => CgroupError::Write {
+            file,
+            value: value.to_owned(),
+            source: source.unwrap_or_else(|| io::Error::other(e.to_string())),
+        },
+    }
+}
+
+/// Runs `write`, a cgroups-rs write of `value` to `file`, once `file` is known to exist:
+/// cgroups-rs opens with `File::create`, which would make a missing file in a plain directory
+/// (kernfs refuses with `EACCES`), so a missing file is `NotFound` here, the same on both.
+fn write_existing(
+    file: &Path,
+    value: &str,
+    write: impl FnOnce() -> cgroups_rs::error::Result<()>,
+) -> Result<(), CgroupError> {
+    if let Err(source) = fs::symlink_metadata(file) {
+        return Err(CgroupError::Write {
+            file: file.to_owned(),
+            value: value.to_owned(),
+            source,
+        });
+    }
+    write().map_err(|e| rs_error(file, value, e))
+}
+
+/// The controller `T` of `cg`. Never missing ([`Hierarchy`] lists them all), but if it were,
+/// writing `value` to `file` fails rather than panics.
+fn controller<'a, T>(
+    cg: &'a cgroups_rs::Cgroup,
+    file: &Path,
+    value: &str,
+) -> Result<&'a T, CgroupError>
+where
+    &'a T: From<&'a Subsystem>,
+    T: Controller + ControllIdentifier,
+{
+    cg.controller_of::<T>().ok_or_else(|| CgroupError::Write {
+        file: file.to_owned(),
+        value: value.to_owned(),
+        source: io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("cgroups-rs has no {} controller here", T::controller_type()),
+        ),
+    })
+}
+
+/// What the cgroup's `io.bfq.weight` offers (read once, before anything is written).
+#[derive(Debug, Clone, Copy, Default)]
+struct Bfq {
+    /// The file exists: the BFQ scheduler takes blkio weights as they are.
+    weight: bool,
+    /// It takes per-device weights too (its first line is "default N", not a lone number).
+    devices: bool,
 }
 
 /// One container's cgroup.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cgroup {
+    /// The hierarchy's root.
+    root: PathBuf,
+    /// The cgroup below the root: "husk/<name>".
+    relative: String,
+    /// `root` joined with `relative`.
     path: PathBuf,
 }
 
@@ -150,7 +314,11 @@ impl Cgroup {
         enable_controllers(&parent);
         let path = parent.join(name);
         match fs::create_dir(&path) {
-            Ok(()) => Ok(Self { path }),
+            Ok(()) => Ok(Self {
+                root: root.to_owned(),
+                relative: format!("{PARENT}/{name}"),
+                path,
+            }),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 Err(CgroupError::AlreadyExists(path))
             }
@@ -159,7 +327,6 @@ impl Cgroup {
     }
 
     /// The cgroup's directory.
-    #[cfg(test)]
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -173,23 +340,158 @@ impl Cgroup {
         self.path.join(name)
     }
 
+    /// The cgroup as cgroups-rs sees it (loaded anew each time: see the module's header).
+    fn rs(&self) -> cgroups_rs::Cgroup {
+        Hierarchy {
+            root: self.root.clone(),
+        }
+        .load(&self.relative)
+    }
+
     /// Applies OCI `linux.resources`: memory (limit, reservation, swap), cpu (shares, quota,
-    /// period, cpus, mems) and pids. Every value is validated before anything is written; only
-    /// the fields that are set are written. Other fields (devices, blockIO, hugepages, unified,
-    /// ...) are not applied.
+    /// period, cpus, mems), pids and blockIO (weight, per-device weights, throttles). Every
+    /// value is validated before anything is written; only the fields that are set are
+    /// written. Other fields (devices, hugepages, unified, ...) are not applied.
     pub fn apply(&self, resources: &LinuxResources) -> Result<(), CgroupError> {
-        for (name, value, optional) in plan(resources)? {
-            let file = self.file(name);
-            match write_file(&file, &value) {
-                Err(CgroupError::Write { source, .. })
-                    if optional && source.kind() == io::ErrorKind::NotFound =>
-                {
-                    tracing::debug!(file = %file.display(), %value, "not written: no such file");
-                }
-                other => other?,
-            }
+        let settings = plan::plan(resources)?;
+        let bfq = if settings
+            .iter()
+            .any(|s| matches!(s, Setting::IoWeight(_) | Setting::IoDeviceWeight { .. }))
+        {
+            self.bfq()?
+        } else {
+            Bfq::default()
+        };
+        let cg = self.rs();
+        for setting in &settings {
+            self.write(&cg, bfq, setting)?;
         }
         Ok(())
+    }
+
+    /// Reads what `io.bfq.weight` offers.
+    fn bfq(&self) -> Result<Bfq, CgroupError> {
+        Ok(match read_bounded(&self.file(IO_BFQ_WEIGHT), MAX_READ)? {
+            None => Bfq::default(),
+            Some(text) => Bfq {
+                weight: true,
+                devices: text.trim().parse::<u64>().is_err(),
+            },
+        })
+    }
+
+    /// Writes one setting through its cgroups-rs controller.
+    fn write(
+        &self,
+        cg: &cgroups_rs::Cgroup,
+        bfq: Bfq,
+        setting: &Setting,
+    ) -> Result<(), CgroupError> {
+        let file = self.file(setting.file());
+        let value = setting.value();
+        match setting {
+            Setting::PidsMax(v) => {
+                let pids: &PidController = controller(cg, &file, &value)?;
+                write_existing(&file, &value, || pids.set_pid_max(*v))
+            }
+            Setting::SwapMax(v) => {
+                if !file.exists() {
+                    // No swap accounting in this kernel: nothing to limit.
+                    tracing::debug!(file = %file.display(), %value, "not written: no such file");
+                    return Ok(());
+                }
+                let memory: &MemController = controller(cg, &file, &value)?;
+                let limit = match v {
+                    MaxValue::Max => -1,
+                    MaxValue::Value(n) => *n,
+                };
+                write_existing(&file, &value, || memory.set_memswap_limit(limit))
+            }
+            Setting::MemoryMax(v) => {
+                let memory: &MemController = controller(cg, &file, &value)?;
+                let set = SetMemory {
+                    max: Some(*v),
+                    ..SetMemory::default()
+                };
+                write_existing(&file, &value, || memory.set_mem(set))
+            }
+            Setting::MemoryLow(v) => {
+                let memory: &MemController = controller(cg, &file, &value)?;
+                let set = SetMemory {
+                    low: Some(*v),
+                    ..SetMemory::default()
+                };
+                write_existing(&file, &value, || memory.set_mem(set))
+            }
+            Setting::CpuWeight(weight) => {
+                let cpu: &CpuController = controller(cg, &file, &value)?;
+                // cgroups-rs's v2 `set_shares` writes `cpu.weight` as given (converted by plan).
+                write_existing(&file, &value, || cpu.set_shares(*weight))
+            }
+            Setting::CpuMax { quota, period } => {
+                let cpu: &CpuController = controller(cg, &file, &value)?;
+                // Both halves always given; cgroups-rs writes a quota of -1 as "max".
+                write_existing(&file, &value, || {
+                    cpu.set_cfs_quota_and_period(Some(quota.unwrap_or(-1)), Some(*period))
+                })
+            }
+            Setting::CpusetCpus(list) => {
+                let cpuset: &CpuSetController = controller(cg, &file, &value)?;
+                write_existing(&file, &value, || cpuset.set_cpus(list))
+            }
+            Setting::CpusetMems(list) => {
+                let cpuset: &CpuSetController = controller(cg, &file, &value)?;
+                write_existing(&file, &value, || cpuset.set_mems(list))
+            }
+            Setting::IoWeight(weight) => {
+                if bfq.weight {
+                    let io: &BlkIoController = controller(cg, &file, &value)?;
+                    write_existing(&file, &value, || io.set_weight(u64::from(*weight)))
+                } else {
+                    // No BFQ: `io.weight` (blk-iocost), which cgroups-rs 0.3 does not know,
+                    // converted. Without either the kernel has no proportional io control, and
+                    // the weight is dropped with a warning, as Docker drops it.
+                    let file = self.file(IO_WEIGHT);
+                    if !file.exists() {
+                        tracing::warn!(
+                            weight,
+                            "blkio weight not applied: neither io.bfq.weight \
+                            nor io.weight exists"
+                        );
+                        return Ok(());
+                    }
+                    write_file(&file, &blkio_to_io_weight(*weight).to_string())
+                }
+            }
+            Setting::IoDeviceWeight { device, weight } => {
+                if !bfq.devices {
+                    // As runc: per-device weights exist only in BFQ (Linux 5.4+).
+                    tracing::warn!(%device, weight, "per-device blkio weight not applied: BFQ \
+                        has no per-device weights here");
+                    return Ok(());
+                }
+                let io: &BlkIoController = controller(cg, &file, &value)?;
+                write_existing(&file, &value, || {
+                    io.set_weight_for_device(device.major, device.minor, u64::from(*weight))
+                })
+            }
+            Setting::IoMax {
+                device,
+                limit,
+                rate,
+            } => {
+                let io: &BlkIoController = controller(cg, &file, &value)?;
+                let (major, minor, rate) = (device.major, device.minor, *rate);
+                write_existing(&file, &value, || match limit {
+                    plan::IoLimit::ReadBps => io.throttle_read_bps_for_device(major, minor, rate),
+                    plan::IoLimit::WriteBps => io.throttle_write_bps_for_device(major, minor, rate),
+                    plan::IoLimit::ReadIops => io.throttle_read_iops_for_device(major, minor, rate),
+                    plan::IoLimit::WriteIops => {
+                        io.throttle_write_iops_for_device(major, minor, rate)
+                    }
+                })
+            }
+        }
     }
 
     /// Reads the cgroup's statistics. Files of controllers that are not enabled read as zero.
@@ -225,6 +527,10 @@ impl Cgroup {
                 "throttled_usec",
             ],
         )?;
+        let io_file = self.file(IO_STAT);
+        let io_text = read_bounded(&io_file, MAX_READ)?.unwrap_or_default();
+        let [io_read_bytes, io_write_bytes, io_read_ios, io_write_ios] =
+            nested_sums(&io_file, &io_text, ["rbytes", "wbytes", "rios", "wios"])?;
         Ok(Stats {
             memory_current: single("memory.current")?.unwrap_or(0),
             memory_max: limit("memory.max")?,
@@ -239,10 +545,15 @@ impl Cgroup {
             cpu_throttled_usec: cpu_stat[4],
             pids_current: single("pids.current")?.unwrap_or(0),
             pids_max: limit("pids.max")?,
+            io_read_bytes,
+            io_write_bytes,
+            io_read_ios,
+            io_write_ios,
         })
     }
 
-    /// The pids in this cgroup (`cgroup.procs`), sorted.
+    /// The pids in this cgroup (`cgroup.procs`), sorted. (Direct: cgroups-rs's `procs` reads
+    /// without bound, takes a word that is not a pid for pid 0 and a missing file for none.)
     pub fn pids(&self) -> Result<Vec<u32>, CgroupError> {
         let file = self.procs_file();
         let text = read_bounded(&file, MAX_PROCS_READ)?
@@ -260,14 +571,15 @@ impl Cgroup {
         Ok(pids)
     }
 
-    /// Freezes (`true`) or thaws (`false`) the cgroup: writes `cgroup.freeze`, then waits until
-    /// `cgroup.events` says `frozen 1` (or `frozen 0`), for at most `timeout`. On a timeout the
-    /// request stays written: the caller decides whether to undo it.
+    /// Freezes (`true`) or thaws (`false`) the cgroup: writes `cgroup.freeze` (cgroups-rs's
+    /// freezer), then waits until `cgroup.events` says `frozen 1` (or `frozen 0`), for at most
+    /// `timeout`. On a timeout the request stays written: the caller decides whether to undo
+    /// it.
     pub async fn set_frozen(&self, frozen: bool, timeout: Duration) -> Result<(), CgroupError> {
         let events = self.file(EVENTS);
         // Watch before writing so that the change cannot slip by unseen.
         let watch = AsyncWatch::new(&self.path, &events)?;
-        write_file(&self.file(FREEZE), if frozen { "1" } else { "0" })?;
+        self.request_frozen(frozen)?;
         let wait = async {
             loop {
                 if self.frozen_state()? == Some(frozen) {
@@ -288,8 +600,21 @@ impl Cgroup {
             })?
     }
 
+    /// Writes the freeze (or thaw) request to `cgroup.freeze`.
+    fn request_frozen(&self, frozen: bool) -> Result<(), CgroupError> {
+        let (file, value) = (self.file(FREEZE), if frozen { "1" } else { "0" });
+        let cg = self.rs();
+        let freezer: &FreezerController = controller(&cg, &file, value)?;
+        write_existing(&file, value, || {
+            if frozen {
+                freezer.freeze()
+            } else {
+                freezer.thaw()
+            }
+        })
+    }
+
     /// Whether the cgroup is frozen (`frozen 1` in `cgroup.events`).
-    #[cfg(test)]
     pub fn is_frozen(&self) -> Result<bool, CgroupError> {
         self.frozen_state()?.ok_or_else(|| CgroupError::Parse {
             file: self.file(EVENTS),
@@ -340,23 +665,30 @@ impl Cgroup {
         }
     }
 
-    /// Kills every process in the cgroup: writes "1" to `cgroup.kill` (Linux 5.14+).
+    /// Kills every process in the cgroup: cgroups-rs writes "1" to `cgroup.kill` (Linux
+    /// 5.14+; without it, a `NotFound` write error).
     pub fn kill_all(&self) -> Result<(), CgroupError> {
-        write_file(&self.file(KILL), "1")
+        let file = self.file(KILL);
+        let cg = self.rs();
+        write_existing(&file, "1", || cg.kill())
     }
 
-    /// Removes the cgroup's directory. While processes are still exiting (`EBUSY`) it retries,
-    /// woken by changes to `cgroup.events`, for up to [`REMOVE_WAIT`]; this blocks, so call it
-    /// on the blocking pool. A missing directory is fine.
+    /// Removes the cgroup's directory (cgroups-rs's `delete`). While processes are still
+    /// exiting (`EBUSY`) it retries, woken by changes to `cgroup.events`, for up to
+    /// [`REMOVE_WAIT`]; this blocks, so call it on the blocking pool. A missing directory is
+    /// fine.
     pub fn remove(&self) -> Result<(), CgroupError> {
         let deadline = Instant::now() + REMOVE_WAIT;
+        let cg = self.rs();
         let mut watch: Option<Watches> = None;
         loop {
-            let source = match fs::remove_dir(&self.path) {
+            let source = match cg.delete() {
                 Ok(()) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-                Err(e) => e,
+                Err(e) => rs_io_error(&e).unwrap_or_else(|| io::Error::other(e.to_string())),
             };
+            if source.kind() == io::ErrorKind::NotFound {
+                return Ok(());
+            }
             let now = Instant::now();
             if source.raw_os_error() != Some(libc::EBUSY) || now >= deadline {
                 return Err(CgroupError::Remove {
@@ -412,488 +744,44 @@ fn enable_controllers(dir: &Path) {
     }
 }
 
-/// The writes for `resources`, validated: (file, value, skip when the file is missing).
-fn plan(resources: &LinuxResources) -> Result<Vec<(&'static str, String, bool)>, CgroupError> {
-    let mut writes = Vec::new();
-    if let Some(pids) = resources.pids() {
-        let limit = pids.limit();
-        let value = if limit <= 0 {
-            "max".to_owned()
-        } else {
-            limit.to_string()
-        };
-        writes.push(("pids.max", value, false));
-    }
-    if let Some(memory) = resources.memory() {
-        plan_memory(memory, &mut writes)?;
-    }
-    if let Some(cpu) = resources.cpu() {
-        plan_cpu(cpu, &mut writes)?;
-    }
-    let ignored = [
-        ("devices", resources.devices().is_some()),
-        ("blockIO", resources.block_io().is_some()),
-        ("hugepageLimits", resources.hugepage_limits().is_some()),
-        ("network", resources.network().is_some()),
-        ("rdma", resources.rdma().is_some()),
-        ("unified", resources.unified().is_some()),
-    ];
-    for (field, set) in ignored {
-        if set {
-            tracing::debug!(field, "linux.resources field not applied");
-        }
-    }
-    Ok(writes)
-}
-
-fn invalid(field: &'static str, value: impl ToString, reason: &'static str) -> CgroupError {
-    CgroupError::Invalid {
-        field,
-        value: value.to_string(),
-        reason,
-    }
-}
-
-/// `-1` as "max", a non-negative count as itself, `0` as unset (as runc does).
-fn count_or_max(field: &'static str, value: i64) -> Result<Option<String>, CgroupError> {
-    match value {
-        -1 => Ok(Some("max".to_owned())),
-        0 => Ok(None),
-        v if v > 0 => Ok(Some(v.to_string())),
-        v => Err(invalid(field, v, "must be -1 (unlimited) or a byte count")),
-    }
-}
-
-fn plan_memory(
-    memory: &LinuxMemory,
-    writes: &mut Vec<(&'static str, String, bool)>,
-) -> Result<(), CgroupError> {
-    let limit = memory.limit();
-    let max = limit
-        .map(|v| count_or_max("memory.limit", v))
-        .transpose()?
-        .flatten();
-    let low = memory
-        .reservation()
-        .map(|v| count_or_max("memory.reservation", v))
-        .transpose()?
-        .flatten();
-    let swap = swap_max(memory.swap(), limit)?;
-    if let Some(swap) = swap {
-        writes.push(("memory.swap.max", swap, true));
-    }
-    if let Some(max) = max {
-        writes.push(("memory.max", max, false));
-    }
-    if let Some(low) = low {
-        writes.push(("memory.low", low, false));
-    }
-    Ok(())
-}
-
-/// cgroup2's `memory.swap.max` from OCI's memory+swap `swap` and memory `limit`, as runc's
-/// `ConvertMemorySwapToCgroupV2Value`: swap alone is `swap - limit`.
-fn swap_max(swap: Option<i64>, limit: Option<i64>) -> Result<Option<String>, CgroupError> {
-    let swap_value = swap.unwrap_or(0);
-    match swap_value {
-        // Unlimited memory with swap unset: both unlimited.
-        0 if limit == Some(-1) => Ok(Some("max".to_owned())),
-        0 => Ok(None),
-        -1 => Ok(Some("max".to_owned())),
-        s if s < -1 => Err(invalid(
-            "memory.swap",
-            s,
-            "must be -1 (unlimited) or a byte count",
-        )),
-        s => match limit {
-            Some(l) if l > 0 => {
-                if s < l {
-                    Err(invalid(
-                        "memory.swap",
-                        s,
-                        "is memory+swap, so must not be below memory.limit",
-                    ))
-                } else {
-                    Ok(Some((s - l).to_string()))
-                }
-            }
-            _ => Err(invalid(
-                "memory.swap",
-                s,
-                "needs a memory.limit (it counts memory+swap)",
-            )),
-        },
-    }
-}
-
-/// runc's conversion from cgroup v1 `cpu.shares` (2-262144) to cgroup2 `cpu.weight` (1-10000).
-fn shares_to_weight(shares: u64) -> Result<u64, CgroupError> {
-    if !CPU_SHARES_RANGE.contains(&shares) {
-        return Err(invalid(
-            "cpu.shares",
-            shares,
-            "must be 2-262144 (0 leaves it unset)",
-        ));
-    }
-    Ok(1 + ((shares - 2) * 9999) / 262_142)
-}
-
-fn cpu_list(field: &'static str, list: &str) -> Result<Option<String>, CgroupError> {
-    let list = list.trim();
-    if list.is_empty() {
-        return Ok(None);
-    }
-    if !list
-        .bytes()
-        .all(|b| b.is_ascii_digit() || b == b',' || b == b'-')
-    {
-        return Err(invalid(
-            field,
-            format!("{list:?}"),
-            "must be a list such as \"0-3,7\"",
-        ));
-    }
-    Ok(Some(list.to_owned()))
-}
-
-fn plan_cpu(
-    cpu: &LinuxCpu,
-    writes: &mut Vec<(&'static str, String, bool)>,
-) -> Result<(), CgroupError> {
-    let weight = match cpu.shares() {
-        None | Some(0) => None,
-        Some(shares) => Some(shares_to_weight(shares)?),
-    };
-    let quota = match cpu.quota() {
-        None | Some(0) => None,
-        Some(-1) => Some("max".to_owned()),
-        Some(q) if q >= MIN_CPU_QUOTA => Some(q.to_string()),
-        Some(q) => {
-            return Err(invalid(
-                "cpu.quota",
-                q,
-                "must be -1 (unlimited) or at least 1000 µs",
-            ))
-        }
-    };
-    if let Some(period) = cpu.period() {
-        if !CPU_PERIOD_RANGE.contains(&period) {
-            return Err(invalid("cpu.period", period, "must be 1000-1000000 µs"));
-        }
-    }
-    let cpu_max = match (quota, cpu.period()) {
-        (None, None) => None,
-        (quota, period) => Some(format!(
-            "{} {}",
-            quota.unwrap_or_else(|| "max".to_owned()),
-            period.unwrap_or(DEFAULT_CPU_PERIOD)
-        )),
-    };
-    let cpus = cpu
-        .cpus()
-        .as_deref()
-        .map(|l| cpu_list("cpu.cpus", l))
-        .transpose()?
-        .flatten();
-    let mems = cpu
-        .mems()
-        .as_deref()
-        .map(|l| cpu_list("cpu.mems", l))
-        .transpose()?
-        .flatten();
-    if let Some(weight) = weight {
-        writes.push(("cpu.weight", weight.to_string(), false));
-    }
-    if let Some(cpu_max) = cpu_max {
-        writes.push(("cpu.max", cpu_max, false));
-    }
-    if let Some(cpus) = cpus {
-        writes.push(("cpuset.cpus", cpus, false));
-    }
-    if let Some(mems) = mems {
-        writes.push(("cpuset.mems", mems, false));
-    }
-    let ignored = [
-        ("cpu.idle", cpu.idle().is_some()),
-        ("cpu.burst", cpu.burst().is_some()),
-        ("cpu.realtimeRuntime", cpu.realtime_runtime().is_some()),
-        ("cpu.realtimePeriod", cpu.realtime_period().is_some()),
-    ];
-    for (field, set) in ignored {
-        if set {
-            tracing::debug!(field, "linux.resources field not applied");
-        }
-    }
-    Ok(())
-}
-
-/// Writes `value` to an existing interface file in one write.
-fn write_file(file: &Path, value: &str) -> Result<(), CgroupError> {
-    OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(file)
-        .and_then(|mut f| f.write_all(value.as_bytes()))
-        .map_err(|source| CgroupError::Write {
-            file: file.to_owned(),
-            value: value.to_owned(),
-            source,
-        })
-}
-
-/// Reads at most `limit` bytes of UTF-8 from `file`; `None` when it does not exist.
-fn read_bounded(file: &Path, limit: u64) -> Result<Option<String>, CgroupError> {
-    let read_err = |source| CgroupError::Read {
-        file: file.to_owned(),
-        source,
-    };
-    let f = match File::open(file) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(read_err(e)),
-    };
-    let mut bytes = Vec::new();
-    f.take(limit + 1)
-        .read_to_end(&mut bytes)
-        .map_err(read_err)?;
-    if bytes.len() as u64 > limit {
-        return Err(CgroupError::Parse {
-            file: file.to_owned(),
-            detail: format!("larger than {limit} bytes"),
-        });
-    }
-    String::from_utf8(bytes)
-        .map(Some)
-        .map_err(|_| CgroupError::Parse {
-            file: file.to_owned(),
-            detail: "not UTF-8".to_owned(),
-        })
-}
-
-fn parse_u64(file: &Path, word: &str) -> Result<u64, CgroupError> {
-    word.parse().map_err(|_| CgroupError::Parse {
-        file: file.to_owned(),
-        detail: format!("{word:?} is not a number"),
-    })
-}
-
-/// A limit: `None` for "max".
-fn parse_max(file: &Path, word: &str) -> Result<Option<u64>, CgroupError> {
-    if word == "max" {
-        Ok(None)
-    } else {
-        parse_u64(file, word).map(Some)
-    }
-}
-
-/// The value of `key` in a flat-keyed file ("key value" lines); `None` when absent.
-fn keyed_value(file: &Path, text: &str, key: &str) -> Result<Option<u64>, CgroupError> {
-    for line in text.lines() {
-        let mut words = line.split_whitespace();
-        if words.next() != Some(key) {
-            continue;
-        }
-        return match (words.next(), words.next()) {
-            (Some(value), None) => parse_u64(file, value).map(Some),
-            _ => Err(CgroupError::Parse {
-                file: file.to_owned(),
-                detail: format!("malformed line {line:?}"),
-            }),
-        };
-    }
-    Ok(None)
-}
-
-/// What a batch of inotify events means for a wait.
-#[derive(Debug, PartialEq, Eq)]
-enum Wake {
-    /// The watched file changed (or events were lost): check again.
-    Changed,
-    /// The cgroup was removed.
-    Gone,
-    /// Nothing that concerns this cgroup.
-    Nothing,
-}
-
-/// An inotify instance watching one interface file of a cgroup for changes, and the cgroup's
-/// parent directory for the cgroup's removal. (kernfs sends `IN_MODIFY` for `cgroup.events`
-/// and `memory.events` but nothing on the files when the cgroup is removed; the `rmdir` itself
-/// is reported to the parent as `IN_DELETE`.)
-#[derive(Debug)]
-struct Watches {
-    inotify: Inotify,
-    cgroup: PathBuf,
-    file: PathBuf,
-    file_wd: WatchDescriptor,
-    parent_wd: Option<WatchDescriptor>,
-    name: Option<OsString>,
-}
-
-impl Watches {
-    fn new(cgroup: &Path, file: &Path) -> Result<Self, CgroupError> {
-        let watch_err = |file: &Path, source: nix::Error| {
-            if source == nix::Error::ENOENT && !cgroup.exists() {
-                CgroupError::Gone(cgroup.to_owned())
-            } else {
-                CgroupError::Watch {
-                    file: file.to_owned(),
-                    source: source.into(),
-                }
-            }
-        };
-        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
-            .map_err(|e| watch_err(file, e))?;
-        let parent_wd = match cgroup.parent() {
-            Some(parent) => Some(
-                inotify
-                    .add_watch(parent, AddWatchFlags::IN_DELETE | AddWatchFlags::IN_ONLYDIR)
-                    .map_err(|e| watch_err(parent, e))?,
-            ),
-            None => None,
-        };
-        let file_wd = inotify
-            .add_watch(
-                file,
-                AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_DELETE_SELF,
-            )
-            .map_err(|e| watch_err(file, e))?;
-        Ok(Self {
-            inotify,
-            cgroup: cgroup.to_owned(),
-            file: file.to_owned(),
-            file_wd,
-            parent_wd,
-            name: cgroup.file_name().map(OsString::from),
-        })
-    }
-
-    fn classify(&self, events: &[InotifyEvent]) -> Wake {
-        let mut wake = Wake::Nothing;
-        for event in events {
-            if event.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
-                wake = Wake::Changed;
-            } else if Some(event.wd) == self.parent_wd {
-                let parent_gone = event.mask.contains(AddWatchFlags::IN_IGNORED);
-                let removed = event.mask.contains(AddWatchFlags::IN_DELETE)
-                    && event.name.is_some()
-                    && event.name == self.name;
-                if parent_gone || removed {
-                    return Wake::Gone;
-                }
-            } else if event.wd == self.file_wd {
-                if event.mask.intersects(
-                    AddWatchFlags::IN_IGNORED
-                        | AddWatchFlags::IN_DELETE_SELF
-                        | AddWatchFlags::IN_UNMOUNT,
-                ) {
-                    return Wake::Gone;
-                }
-                wake = Wake::Changed;
-            }
-        }
-        wake
-    }
-
-    fn watch_error(&self, source: io::Error) -> CgroupError {
-        CgroupError::Watch {
-            file: self.file.clone(),
-            source,
-        }
-    }
-
-    /// Blocks until the file changes or `timeout` passes (best effort: errors just end it).
-    fn wait_blocking(&self, timeout: Duration) {
-        let millis = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN)];
-        if let Ok(ready) = nix::poll::poll(&mut fds, PollTimeout::from(millis)) {
-            if ready > 0 {
-                // Drain; what changed does not matter, the caller tries again.
-                let _ = self.inotify.read_events();
-            }
-        }
-    }
-}
-
-/// `AsyncFd` needs `AsRawFd`, which nix's `Inotify` has only as `AsFd`.
-#[derive(Debug)]
-struct InotifyFd(Watches);
-
-impl AsRawFd for InotifyFd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.inotify.as_fd().as_raw_fd()
-    }
-}
-
-/// [`Watches`] on the tokio reactor.
-#[derive(Debug)]
-struct AsyncWatch {
-    fd: AsyncFd<InotifyFd>,
-}
-
-impl AsyncWatch {
-    fn new(cgroup: &Path, file: &Path) -> Result<Self, CgroupError> {
-        let watches = Watches::new(cgroup, file)?;
-        let file = watches.file.clone();
-        // SAFETY: the descriptor is the inotify instance's `OwnedFd`, owned by the `InotifyFd`
-        // that the `AsyncFd` owns and never hands out mutably, so it stays open and the same
-        // for the `AsyncFd`'s whole life.
-        let fd = unsafe { AsyncFd::register_with_interest(InotifyFd(watches), Interest::READABLE) }
-            .map_err(|e| CgroupError::Watch {
-                file,
-                source: e.into(),
-            })?;
-        Ok(Self { fd })
-    }
-
-    /// Waits for the next change of the file; [`CgroupError::Gone`] when the cgroup goes.
-    async fn changed(&self) -> Result<(), CgroupError> {
-        let watches = &self.fd.get_ref().0;
-        loop {
-            let mut guard = self
-                .fd
-                .readable()
-                .await
-                .map_err(|e| watches.watch_error(e))?;
-            let events = match guard.try_io(|fd| {
-                fd.get_ref()
-                    .0
-                    .inotify
-                    .read_events()
-                    .map_err(io::Error::from)
-            }) {
-                Ok(read) => read.map_err(|e| watches.watch_error(e))?,
-                Err(_would_block) => continue,
-            };
-            match watches.classify(&events) {
-                Wake::Changed => return Ok(()),
-                Wake::Gone => return Err(CgroupError::Gone(watches.cgroup.clone())),
-                Wake::Nothing => {}
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oci_spec::runtime::{LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPids};
+    use oci_spec::runtime::{
+        LinuxBlockIo, LinuxBlockIoBuilder, LinuxCpu, LinuxCpuBuilder, LinuxMemory,
+        LinuxMemoryBuilder, LinuxPids, LinuxThrottleDeviceBuilder, LinuxWeightDeviceBuilder,
+    };
+    use std::path::Path;
     use tempfile::TempDir;
 
-    /// Files a fresh cgroup directory has, for the code under test to write.
-    const INTERFACE_FILES: &[&str] = &[
-        "cgroup.procs",
-        "cgroup.freeze",
-        "cgroup.kill",
-        "memory.max",
-        "memory.low",
-        "memory.swap.max",
-        "cpu.weight",
-        "cpu.max",
-        "cpuset.cpus",
-        "cpuset.mems",
-        "pids.max",
+    /// Files a fresh cgroup directory has, for the code under test to write, and what they
+    /// hold until written: a marker, except `cpu.max`, which cgroups-rs reads before writing
+    /// and so holds the kernel's default.
+    const INTERFACE_FILES: &[(&str, &str)] = &[
+        ("cgroup.procs", UNTOUCHED),
+        ("cgroup.freeze", UNTOUCHED),
+        ("cgroup.kill", UNTOUCHED),
+        ("memory.max", UNTOUCHED),
+        ("memory.low", UNTOUCHED),
+        ("memory.swap.max", UNTOUCHED),
+        ("cpu.weight", UNTOUCHED),
+        ("cpu.max", "max 100000\n"),
+        ("cpuset.cpus", UNTOUCHED),
+        ("cpuset.mems", UNTOUCHED),
+        ("pids.max", UNTOUCHED),
+        ("io.weight", UNTOUCHED),
+        ("io.max", UNTOUCHED),
     ];
     const UNTOUCHED: &str = "untouched";
+
+    /// Asserts that every interface file but `written` still holds what [`setup`] put there.
+    fn assert_untouched(cg: &Cgroup, written: &[&str]) {
+        for (name, initial) in INTERFACE_FILES {
+            if !written.contains(name) {
+                assert_eq!(read(cg, name), *initial, "{name}");
+            }
+        }
+    }
 
     /// A fake cgroup root offering `controllers`, and a created cgroup "c1" with the
     /// interface files pre-created.
@@ -902,8 +790,8 @@ mod tests {
         write(&root.path().join(CGROUP_CONTROLLERS), controllers);
         write(&root.path().join(SUBTREE_CONTROL), "");
         let cg = Cgroup::create(root.path(), "c1").expect("create");
-        for name in INTERFACE_FILES {
-            write(&cg.file(name), UNTOUCHED);
+        for (name, initial) in INTERFACE_FILES {
+            write(&cg.file(name), initial);
         }
         write(&cg.file(EVENTS), "populated 1\nfrozen 0\n");
         (root, cg)
@@ -937,6 +825,12 @@ mod tests {
         m.set_limit(limit);
         m.set_swap(swap);
         resources(Some(m), None)
+    }
+
+    fn block_io(io: LinuxBlockIo) -> LinuxResources {
+        let mut r = LinuxResources::default();
+        r.set_block_io(Some(io));
+        r
     }
 
     fn cpu(shares: Option<u64>, quota: Option<i64>, period: Option<u64>) -> LinuxResources {
@@ -1054,6 +948,10 @@ mod tests {
         assert_eq!(read(&cg, "pids.max"), "max");
         cg.apply(&pids(-1)).unwrap();
         assert_eq!(read(&cg, "pids.max"), "max");
+        let mut m = LinuxMemory::default();
+        m.set_reservation(Some(-1));
+        cg.apply(&resources(Some(m), None)).unwrap();
+        assert_eq!(read(&cg, "memory.low"), "max");
     }
 
     #[test]
@@ -1062,23 +960,28 @@ mod tests {
         cg.apply(&memory(Some(4096), None)).unwrap();
         assert_eq!(read(&cg, "memory.max"), "4096");
         cg.apply(&cpu(Some(0), Some(0), None)).unwrap();
+        cg.apply(&block_io(
+            LinuxBlockIoBuilder::default()
+                .weight(0_u16)
+                .build()
+                .unwrap(),
+        ))
+        .unwrap();
         cg.apply(&LinuxResources::default()).unwrap();
-        for name in INTERFACE_FILES.iter().filter(|n| **n != "memory.max") {
-            assert_eq!(read(&cg, name), UNTOUCHED, "{name}");
-        }
+        assert_untouched(&cg, &["memory.max"]);
     }
 
     #[test]
     fn shares_convert_to_weight_as_runc_does() {
-        assert_eq!(shares_to_weight(2).unwrap(), 1);
-        assert_eq!(shares_to_weight(1024).unwrap(), 39);
-        assert_eq!(shares_to_weight(262_144).unwrap(), 10_000);
+        assert_eq!(plan::shares_to_weight(2).unwrap(), 1);
+        assert_eq!(plan::shares_to_weight(1024).unwrap(), 39);
+        assert_eq!(plan::shares_to_weight(262_144).unwrap(), 10_000);
         assert_eq!(
-            invalid_field(shares_to_weight(1).unwrap_err()),
+            invalid_field(plan::shares_to_weight(1).unwrap_err()),
             "cpu.shares"
         );
         assert_eq!(
-            invalid_field(shares_to_weight(262_145).unwrap_err()),
+            invalid_field(plan::shares_to_weight(262_145).unwrap_err()),
             "cpu.shares"
         );
     }
@@ -1115,9 +1018,18 @@ mod tests {
         c.set_cpus(Some("0-3\nmax".to_owned()));
         let err = cg.apply(&resources(None, Some(c))).unwrap_err();
         assert_eq!(invalid_field(err), "cpu.cpus");
-        for name in INTERFACE_FILES {
-            assert_eq!(read(&cg, name), UNTOUCHED, "{name}");
-        }
+        // An invalid throttle after a valid weight: neither is written.
+        let mut r = block_io(
+            LinuxBlockIoBuilder::default()
+                .weight(500_u16)
+                .throttle_read_bps_device(vec![throttle(8, 0, 0)])
+                .build()
+                .unwrap(),
+        );
+        r.set_pids(Some(LinuxPids::default()));
+        let err = cg.apply(&r).unwrap_err();
+        assert_eq!(invalid_field(err), "blockIO.throttleReadBpsDevice");
+        assert_untouched(&cg, &[]);
     }
 
     #[test]
@@ -1158,6 +1070,11 @@ mod tests {
         );
         write(&cg.file("pids.current"), "7\n");
         write(&cg.file("pids.max"), "max\n");
+        write(
+            &cg.file(IO_STAT),
+            "8:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\n\
+             253:0 rbytes=100 wbytes=200 rios=3 wios=4 dbytes=0 dios=0\n",
+        );
         assert_eq!(
             cg.stats().unwrap(),
             Stats {
@@ -1174,6 +1091,10 @@ mod tests {
                 cpu_throttled_usec: 700,
                 pids_current: 7,
                 pids_max: None,
+                io_read_bytes: 4196,
+                io_write_bytes: 8392,
+                io_read_ios: 4,
+                io_write_ios: 6,
             }
         );
         write(&cg.file("memory.max"), "max\n");
@@ -1202,6 +1123,8 @@ mod tests {
             ("memory.stat", "file 1 2\n"),
             (MEMORY_EVENTS, "oom_kill many\n"),
             ("pids.max", "\n"),
+            (IO_STAT, "8:0 rbytes=many\n"),
+            (IO_STAT, "sda rbytes=1\n"),
         ];
         for (name, text) in cases {
             let root = tempfile::tempdir().unwrap();
@@ -1245,6 +1168,16 @@ mod tests {
         let (_root, cg) = setup("");
         cg.kill_all().unwrap();
         assert_eq!(read(&cg, KILL), "1");
+        // Before Linux 5.14: no cgroup.kill, and none is made.
+        fs::remove_file(cg.file(KILL)).unwrap();
+        let err = cg.kill_all().unwrap_err();
+        assert!(
+            matches!(&err, CgroupError::Write { file, value, source }
+                if file.ends_with(KILL) && value == "1"
+                    && source.kind() == io::ErrorKind::NotFound),
+            "{err:?}"
+        );
+        assert!(!cg.file(KILL).exists());
     }
 
     #[test]
@@ -1365,21 +1298,195 @@ mod tests {
         assert!(err.to_string().contains(MEMORY_EVENTS), "{err}");
     }
 
+    fn throttle(major: i64, minor: i64, rate: u64) -> oci_spec::runtime::LinuxThrottleDevice {
+        LinuxThrottleDeviceBuilder::default()
+            .major(major)
+            .minor(minor)
+            .rate(rate)
+            .build()
+            .unwrap()
+    }
+
+    fn io_weight(weight: u16) -> LinuxResources {
+        block_io(
+            LinuxBlockIoBuilder::default()
+                .weight(weight)
+                .build()
+                .unwrap(),
+        )
+    }
+
+    fn device_weight(major: i64, minor: i64, weight: u16) -> LinuxResources {
+        let wd = LinuxWeightDeviceBuilder::default()
+            .major(major)
+            .minor(minor)
+            .weight(weight)
+            .build()
+            .unwrap();
+        block_io(
+            LinuxBlockIoBuilder::default()
+                .weight_device(vec![wd])
+                .build()
+                .unwrap(),
+        )
+    }
+
     #[test]
-    fn watches_ignore_siblings_and_report_changes_and_removal() {
+    fn io_weight_goes_to_bfq_as_it_is_or_to_io_weight_converted() {
         let (_root, cg) = setup("");
-        let watches = Watches::new(cg.path(), &cg.file(EVENTS)).unwrap();
-        // A sibling's removal is not ours.
-        let sibling = cg.path().with_file_name("c2");
-        fs::create_dir(&sibling).unwrap();
-        fs::remove_dir(&sibling).unwrap();
-        let events = watches.inotify.read_events().unwrap();
-        assert_eq!(watches.classify(&events), Wake::Nothing);
-        write(&cg.file(EVENTS), "frozen 1\n");
-        let events = watches.inotify.read_events().unwrap();
-        assert_eq!(watches.classify(&events), Wake::Changed);
-        fs::remove_dir_all(cg.path()).unwrap();
-        let events = watches.inotify.read_events().unwrap();
-        assert_eq!(watches.classify(&events), Wake::Gone);
+        // No BFQ: io.weight, converted as runc does.
+        cg.apply(&io_weight(100)).unwrap();
+        assert_eq!(read(&cg, IO_WEIGHT), "910");
+        write(&cg.file(IO_WEIGHT), UNTOUCHED);
+        // BFQ: the blkio weight as it is.
+        write(&cg.file(IO_BFQ_WEIGHT), "default 100\n");
+        cg.apply(&io_weight(500)).unwrap();
+        assert_eq!(read(&cg, IO_BFQ_WEIGHT), "500");
+        assert_untouched(&cg, &[]);
+        // Neither (no BFQ, no blk-iocost): dropped, and no file made.
+        fs::remove_file(cg.file(IO_BFQ_WEIGHT)).unwrap();
+        fs::remove_file(cg.file(IO_WEIGHT)).unwrap();
+        cg.apply(&io_weight(500)).unwrap();
+        assert!(!cg.file(IO_WEIGHT).exists() && !cg.file(IO_BFQ_WEIGHT).exists());
+    }
+
+    #[test]
+    fn device_weights_go_to_bfq_only_where_it_takes_them() {
+        let (_root, cg) = setup("");
+        // No BFQ: not applied, and nothing else written.
+        cg.apply(&device_weight(8, 0, 300)).unwrap();
+        assert!(!cg.file(IO_BFQ_WEIGHT).exists());
+        // A BFQ without per-device weights (a lone default): not applied.
+        write(&cg.file(IO_BFQ_WEIGHT), "100\n");
+        cg.apply(&device_weight(8, 0, 300)).unwrap();
+        assert_eq!(read(&cg, IO_BFQ_WEIGHT), "100\n");
+        // A BFQ with them.
+        write(&cg.file(IO_BFQ_WEIGHT), "default 100\n");
+        cg.apply(&device_weight(8, 0, 300)).unwrap();
+        assert_eq!(read(&cg, IO_BFQ_WEIGHT), "8:0 300");
+        assert_untouched(&cg, &[]);
+    }
+
+    #[test]
+    fn throttles_go_to_io_max() {
+        let (_root, cg) = setup("");
+        let cases = [
+            (
+                LinuxBlockIoBuilder::default().throttle_read_bps_device(vec![throttle(
+                    8,
+                    0,
+                    1 << 20,
+                )]),
+                "8:0 rbps=1048576",
+            ),
+            (
+                LinuxBlockIoBuilder::default()
+                    .throttle_write_bps_device(vec![throttle(8, 16, 4096)]),
+                "8:16 wbps=4096",
+            ),
+            (
+                LinuxBlockIoBuilder::default()
+                    .throttle_read_iops_device(vec![throttle(253, 0, 100)]),
+                "253:0 riops=100",
+            ),
+            (
+                LinuxBlockIoBuilder::default()
+                    .throttle_write_iops_device(vec![throttle(259, 3, 2)]),
+                "259:3 wiops=2",
+            ),
+        ];
+        for (builder, expected) in cases {
+            cg.apply(&block_io(builder.build().unwrap())).unwrap();
+            assert_eq!(read(&cg, "io.max"), expected);
+        }
+        assert_untouched(&cg, &["io.max"]);
+        // Without the io controller: an error naming io.max, and no file made.
+        fs::remove_file(cg.file("io.max")).unwrap();
+        let r = block_io(
+            LinuxBlockIoBuilder::default()
+                .throttle_read_bps_device(vec![throttle(8, 0, 4096)])
+                .build()
+                .unwrap(),
+        );
+        let err = cg.apply(&r).unwrap_err();
+        assert!(
+            matches!(&err, CgroupError::Write { file, value, source }
+                if file.ends_with("io.max") && value == "8:0 rbps=4096"
+                    && source.kind() == io::ErrorKind::NotFound),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("io.max"), "{err}");
+        assert!(!cg.file("io.max").exists());
+    }
+
+    #[test]
+    fn a_malformed_cpu_max_is_a_parse_error_naming_it() {
+        // cgroups-rs reads cpu.max before writing it.
+        let (_root, cg) = setup("");
+        write(&cg.file("cpu.max"), "lots\n");
+        let err = cg.apply(&cpu(None, Some(50_000), None)).unwrap_err();
+        assert!(
+            matches!(&err, CgroupError::Parse { file, .. } if file.ends_with("cpu.max")),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("cpu.max"), "{err}");
+    }
+
+    #[test]
+    fn writes_never_create_interface_files() {
+        let root = tempfile::tempdir().unwrap();
+        let cg = Cgroup::create(root.path(), "c1").unwrap();
+        let err = cg.apply(&memory(Some(4096), None)).unwrap_err();
+        assert!(
+            matches!(&err, CgroupError::Write { file, source, .. }
+                if file.ends_with("memory.max") && source.kind() == io::ErrorKind::NotFound),
+            "{err:?}"
+        );
+        assert!(!cg.file("memory.max").exists());
+        let err = cg.request_frozen(true).unwrap_err();
+        assert!(matches!(&err, CgroupError::Write { file, .. } if file.ends_with(FREEZE)));
+        assert!(!cg.file(FREEZE).exists());
+    }
+
+    #[test]
+    fn the_hierarchy_roots_cgroups_rs_anywhere() {
+        let root = tempfile::tempdir().unwrap();
+        let hierarchy = Hierarchy {
+            root: root.path().to_owned(),
+        };
+        let cg = hierarchy.load("husk/c1");
+        assert!(cg.v2());
+        assert_eq!(cg.path(), "husk/c1");
+        let memory: &MemController = cg.controller_of().unwrap();
+        assert_eq!(Controller::path(memory), root.path().join("husk/c1"));
+        let freezer: &FreezerController = cg.controller_of().unwrap();
+        assert_eq!(Controller::path(freezer), root.path().join("husk/c1"));
+        assert_eq!(cg.subsystems().len(), 6);
+        let parent = cg.parent_control_group();
+        assert_eq!(parent.path(), "husk");
+        let io: &BlkIoController = parent.controller_of().unwrap();
+        assert_eq!(Controller::path(io), root.path().join("husk"));
+        let top = cgroups_rs::Hierarchy::root_control_group(&hierarchy);
+        assert_eq!(top.path(), "");
+        let pids: &PidController = top.controller_of().unwrap();
+        assert_eq!(Controller::path(pids), root.path());
+    }
+
+    #[test]
+    fn cgroups_rs_errors_keep_the_file_and_the_os_error() {
+        let (_root, cg) = setup("");
+        let rs = cg.rs();
+        let pids: &PidController = rs.controller_of().unwrap();
+        // A directory where the file should be: the open fails with EISDIR.
+        fs::remove_file(cg.file("pids.max")).unwrap();
+        fs::create_dir(cg.file("pids.max")).unwrap();
+        let e = pids.set_pid_max(MaxValue::Value(5)).unwrap_err();
+        let err = rs_error(&cg.file("pids.max"), "5", e);
+        assert!(
+            matches!(&err, CgroupError::Write { file, value, source }
+                if file.ends_with("pids.max") && value == "5"
+                    && source.raw_os_error() == Some(libc::EISDIR)),
+            "{err:?}"
+        );
     }
 }
