@@ -82,6 +82,8 @@ pub const ALLOWED: &[&str] = &[
     "pipe2",
     "flock",
     "utimensat",
+    // libseccomp hands a compiled profile back through a memfd (validating containers' ones).
+    "memfd_create",
     // Mounts: the pod's shares, containers' roots.
     "mount",
     "umount2",
