@@ -12,7 +12,7 @@ pub const PROTOCOL: &str = "husk.agent.v1";
 /// Major version: a host refuses an agent with another major.
 pub const MAJOR: u32 = 1;
 /// Minor version: grows as optional fields and RPCs are added.
-pub const MINOR: u32 = 3;
+pub const MINOR: u32 = 4;
 
 /// Optional features an agent may advertise; the host uses one only when it is listed.
 pub mod capability {
@@ -38,6 +38,11 @@ pub mod capability {
     pub const PODS: &str = "pods";
     /// `interfaces` and `routes` in `CreateSandbox`: the pod's network (v1.3).
     pub const NETWORK: &str = "network";
+    /// The whole OCI runtime spec in the jail (rustjail): every namespace incl. user and
+    /// cgroup, capabilities, rlimits, seccomp with a default profile, SELinux labels, devices,
+    /// sysctls, masked and read-only paths, hooks; the init is made at `CreateContainer` and
+    /// waits for `StartContainer` (v1.4).
+    pub const OCI_JAIL: &str = "oci-jail";
 }
 
 /// Where the agent mounts each virtio-fs share (`<SHARES_DIR>/<tag>`), read-write (the

@@ -39,6 +39,14 @@ fn agent_handshakes_and_answers_health_and_guest_details() {
         assert!(d.kernel_release.starts_with("6.1"), "{}", d.kernel_release);
         assert!(d.mem_total_bytes > 200 << 20, "{}", d.mem_total_bytes);
         assert!(d.uptime_ns > report.guest_uptime.as_nanos() as u64);
+        // How containers and the agent itself are confined.
+        assert!(client.has_capability(capability::OCI_JAIL));
+        assert!(
+            d.seccomp.contains("libseccomp 2.") && d.seccomp.contains("default profile"),
+            "{}",
+            d.seccomp
+        );
+        assert_eq!(d.agent_seccomp, "enforce");
     });
     vm.shutdown(SHUTDOWN_TIMEOUT).expect("clean shutdown");
     h.finish(vm);

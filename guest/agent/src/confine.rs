@@ -197,6 +197,15 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// The mode's name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::Log => "log",
+            Self::Off => "off",
+        }
+    }
+
     /// The mode the kernel command line asks for (`enforce` when it names none).
     pub fn from_cmdline(cmdline: &str) -> Result<Self, String> {
         match husk_protocols::cmdline::lookup(cmdline, MODE_KEY) {

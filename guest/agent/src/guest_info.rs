@@ -1,5 +1,5 @@
 //! Facts about the guest for `GetGuestDetails`: kernel, hostname, memory, CPUs, uptime, image
-//! build id.
+//! build id, and how containers and the agent are confined (seccomp, SELinux).
 //!
 //! Owns reading them from `/proc`, `/sys` and the image manifest; every reader takes its root
 //! so tests run on a fake tree. Must never fail the RPC for one unreadable fact: it is left at
@@ -64,7 +64,22 @@ pub fn gather(root: &Path) -> GuestDetails {
         uptime_ns,
         build_id,
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        seccomp: rustjail::seccomp::describe(),
+        selinux: selinux_mode(root).to_owned(),
+        agent_seccomp: crate::confine::Mode::from_cmdline(&read(root, "/proc/cmdline"))
+            .map(|m| m.name())
+            .unwrap_or("enforce")
+            .to_owned(),
         ..Default::default()
+    }
+}
+
+/// SELinux's mode from selinuxfs: "enforcing", "permissive", or "off" without a policy.
+fn selinux_mode(root: &Path) -> &'static str {
+    match read(root, "/sys/fs/selinux/enforce").trim() {
+        "1" => "enforcing",
+        "0" => "permissive",
+        _ => "off",
     }
 }
 
@@ -107,6 +122,11 @@ mod tests {
             ("6.1.0", "pod")
         );
         assert_eq!((d.online_cpus, d.build_id.as_str()), (2, "abc"));
+        assert_eq!(
+            (d.selinux.as_str(), d.agent_seccomp.as_str()),
+            ("off", "enforce")
+        );
+        assert!(d.seccomp.contains("default profile"), "{}", d.seccomp);
         assert_eq!(
             d.mem_total_bytes, 0,
             "missing meminfo is a zero, not an error"

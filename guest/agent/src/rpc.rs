@@ -125,6 +125,7 @@ impl AgentService {
                 capability::OOM_EVENTS,
                 capability::PODS,
                 capability::NETWORK,
+                capability::OCI_JAIL,
             ]
             .map(str::to_owned)
             .to_vec(),
