@@ -517,3 +517,49 @@ fn a_mount_escaping_the_root_through_a_symlink_is_refused() {
         r.stderr
     );
 }
+
+#[test]
+fn cgroup_limits_come_from_the_spec() {
+    let h = Harness::new();
+    let out = with_spec(
+        &h,
+        |v| {
+            v["linux"]["resources"] = serde_json::json!({
+                "memory": {"limit": 64 << 20, "reservation": 32 << 20, "swap": 96 << 20},
+                "cpu": {"shares": 512, "quota": 50000, "period": 100000, "cpus": "0"},
+                "pids": {"limit": 20},
+            })
+        },
+        "cd /sys/fs/cgroup; cat memory.max memory.low memory.swap.max cpu.weight cpu.max \
+         cpuset.cpus pids.max",
+    );
+    // swap.max is the OCI swap (memory + swap) less the limit; shares 512 is weight 20.
+    assert_eq!(
+        out,
+        "67108864\n33554432\n33554432\n20\n50000 100000\n0\n20\n"
+    );
+}
+
+#[test]
+fn pids_max_stops_a_fork_bomb() {
+    let h = Harness::new();
+    let out = with_spec(
+        &h,
+        |v| v["linux"]["resources"] = serde_json::json!({"pids": {"limit": 10}}),
+        // Forty background sleeps in a container that may hold ten processes.
+        "i=0; while [ $i -lt 40 ]; do sleep 30 & i=$((i+1)); done 2>/dev/null; \
+         echo running=$(cat /sys/fs/cgroup/pids.current); grep max /sys/fs/cgroup/pids.events",
+    );
+    let running: u32 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("running="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(running <= 10, "{out}");
+    let refused: u32 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("max "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(refused >= 30, "{out}");
+}
