@@ -341,3 +341,93 @@ pub fn mount_targets(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::sys::Recorder;
+    use super::*;
+    use crate::sync::FromJail;
+
+    fn config(edit: impl FnOnce(&mut serde_json::Value)) -> JailConfig {
+        let mut v = serde_json::to_value(oci_spec::runtime::Spec::default()).unwrap();
+        v["process"]["args"] = serde_json::json!(["/bin/sh"]);
+        edit(&mut v);
+        let plan = crate::spec::parse(&v.to_string()).unwrap();
+        JailConfig {
+            container_id: "c1".into(),
+            mode: Mode::Create {
+                plan: Box::new(plan),
+                rootfs: "/r".into(),
+                joins: vec![
+                    (Namespace::Mount, "/proc/7/ns/mnt".into()),
+                    (Namespace::Ipc, "/proc/7/ns/ipc".into()),
+                    (Namespace::User, "/proc/7/ns/user".into()),
+                ],
+            },
+            program: "/bin/sh".into(),
+            cgroup_procs: Some("/sys/fs/cgroup/husk/c1/cgroup.procs".into()),
+            selinux: false,
+        }
+    }
+
+    #[test]
+    fn stage1_joins_the_cgroup_then_user_then_the_rest_then_unshares() {
+        let cfg = config(|_| {});
+        let (mut ours, _theirs) = UnixStream::pair().unwrap();
+        let mut sys = Recorder::default();
+        stage1(&mut sys, &mut ours, &cfg).unwrap();
+        let flags = libc::CLONE_NEWNS
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWNET
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWCGROUP;
+        assert_eq!(
+            sys.calls,
+            [
+                "write /sys/fs/cgroup/husk/c1/cgroup.procs 0".to_string(),
+                format!("setns /proc/7/ns/user {:#x}", libc::CLONE_NEWUSER),
+                format!("setns /proc/7/ns/ipc {:#x}", libc::CLONE_NEWIPC),
+                format!("setns /proc/7/ns/mnt {:#x}", libc::CLONE_NEWNS),
+                format!("unshare {flags:#x}"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_new_user_namespace_is_mapped_by_the_agent_before_the_others_are_made() {
+        let cfg = config(|v| {
+            v["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .push(serde_json::json!({"type": "user"}));
+            v["linux"]["uidMappings"] =
+                serde_json::json!([{"containerID": 0, "hostID": 1000, "size": 10}]);
+            v["linux"]["gidMappings"] =
+                serde_json::json!([{"containerID": 0, "hostID": 1000, "size": 10}]);
+        });
+        let (mut ours, mut agent) = UnixStream::pair().unwrap();
+        let agent = std::thread::spawn(move || {
+            let asked: FromJail = sync::recv(&mut agent).unwrap().unwrap();
+            sync::send(&mut agent, &ToJail::Mapped).unwrap();
+            asked
+        });
+        let mut sys = Recorder::default();
+        // The sandbox's user namespace is not joined when the spec makes a new one.
+        let mut cfg = cfg;
+        if let Mode::Create { joins, .. } = &mut cfg.mode {
+            joins.retain(|(n, _)| *n != Namespace::User);
+        }
+        stage1(&mut sys, &mut ours, &cfg).unwrap();
+        assert!(matches!(agent.join().unwrap(), FromJail::MapIds { .. }));
+        let pos = |p: &str| sys.calls.iter().position(|c| c.starts_with(p)).unwrap();
+        assert!(pos("write /sys/fs/cgroup") < pos(&format!("unshare {:#x}", libc::CLONE_NEWUSER)));
+        assert!(pos(&format!("unshare {:#x}", libc::CLONE_NEWUSER)) < pos("setresgid 0"));
+        assert!(pos("setresuid 0") < pos("setns /proc/7/ns/ipc"));
+        let last = sys.calls.last().unwrap();
+        assert!(
+            last.starts_with("unshare") && !last.contains(&format!("{:#x}", libc::CLONE_NEWUSER)),
+            "{last}"
+        );
+    }
+}
