@@ -18,14 +18,14 @@ fn rootfs(h: &Harness) -> PathBuf {
 
 /// runc's default spec with PATH set and a writable root, then `edit`, written to a file.
 fn spec_file(h: &Harness, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
-    let mut v = serde_json::to_value(oci_spec::runtime::Spec::default()).unwrap();
+    let mut v = serde_json::to_value(oci_spec::runtime::Spec::default()).expect("test set-up");
     v["process"]["env"] = serde_json::json!(["PATH=/bin", "HOME=/root"]);
     v["process"]["args"] = serde_json::json!(["sh"]);
     v["root"]["readonly"] = false.into();
     v["hostname"] = "box".into();
     edit(&mut v);
     let path = h.scratch().join("config.json");
-    std::fs::write(&path, v.to_string()).unwrap();
+    std::fs::write(&path, v.to_string()).expect("test set-up");
     path
 }
 
@@ -57,7 +57,12 @@ fn run(h: &Harness, img: &Path, flags: &[&str], script: &str) -> Ran {
 fn with_spec(h: &Harness, edit: impl FnOnce(&mut serde_json::Value), script: &str) -> String {
     let img = rootfs(h);
     let spec = spec_file(h, edit);
-    let r = run(h, &img, &["--spec", spec.to_str().unwrap()], script);
+    let r = run(
+        h,
+        &img,
+        &["--spec", spec.to_str().expect("test set-up")],
+        script,
+    );
     assert_eq!(
         r.code,
         Some(0),
@@ -86,7 +91,12 @@ fn with_flags(h: &Harness, flags: &[&str], script: &str) -> String {
 fn refused(h: &Harness, edit: impl FnOnce(&mut serde_json::Value), needle: &str) {
     let img = rootfs(h);
     let spec = spec_file(h, edit);
-    let r = run(h, &img, &["--spec", spec.to_str().unwrap()], "echo started");
+    let r = run(
+        h,
+        &img,
+        &["--spec", spec.to_str().expect("test set-up")],
+        "echo started",
+    );
     assert_eq!(r.code, Some(125), "stderr {:?}", r.stderr);
     assert!(!r.stdout.contains("started"), "{:?}", r.stdout);
     assert!(

@@ -48,7 +48,7 @@ enum Command {
         json: bool,
     },
     /// Run a command from an image in a fresh VM; its exit code becomes husk's.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// List running sandboxes.
     Ps {
         /// Machine-readable output.
