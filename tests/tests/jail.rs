@@ -557,8 +557,11 @@ fn pids_max_stops_a_fork_bomb() {
         &h,
         |v| v["linux"]["resources"] = serde_json::json!({"pids": {"limit": 10}}),
         // Forty background sleeps in a container that may hold ten processes.
-        "i=0; while [ $i -lt 40 ]; do sleep 30 & i=$((i+1)); done 2>/dev/null; \
-         echo running=$(cat /sys/fs/cgroup/pids.current); grep max /sys/fs/cgroup/pids.events",
+        // The loop runs in a subshell (the shell gives up at the first failed fork), and only
+        // builtins follow it: a fork would fail too.
+        "(i=0; while [ $i -lt 40 ]; do sleep 30 & i=$((i+1)); done) 2>/dev/null; \
+         read n < /sys/fs/cgroup/pids.current; echo running=$n; \
+         while read k v; do [ $k = max ] && echo max $v; done < /sys/fs/cgroup/pids.events; true",
     );
     let running: u32 = out
         .lines()
@@ -571,5 +574,6 @@ fn pids_max_stops_a_fork_bomb() {
         .find_map(|l| l.strip_prefix("max "))
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{out}"));
-    assert!(refused >= 30, "{out}");
+    // The bomb hit the limit (the subshell gives up at its first refused fork).
+    assert!(refused >= 1, "{out}");
 }
