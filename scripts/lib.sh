@@ -21,9 +21,12 @@ install_packages() {
     # reference of `husk bench run`; containerd (with ctr): what the shim serves, and its tests;
     # bsdutils: `script`, which gives `ctr run -t` a terminal in the tests; iproute2: pod
     # network namespaces (the tests make them as CNI would); iputils-ping: the host end pings
-    # a pod.
+    # a pod. SELinux: secilc compiles the guest's policy at image build; clang and libclang-dev
+    # (bindgen), libselinux1-dev and libpcre2-dev (the static libselinux.a and what it calls)
+    # build the selinux crate the agent links statically.
     local want=(qemu-system-x86 busybox-static gcc libc6-dev libcap-ng-dev libseccomp-dev runc
-        containerd bsdutils iproute2 iputils-ping) missing=()
+        containerd bsdutils iproute2 iputils-ping secilc clang libclang-dev libselinux1-dev
+        libpcre2-dev) missing=()
     for p in "${want[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
     done
@@ -57,8 +60,11 @@ build_husk() {
     (cd "$HUSK_ROOT" && cargo build -j"$JOBS" --workspace --bins)
     # Guest binaries: statically linked, so the image needs no libc. RUSTFLAGS only reaches the
     # guest target because --target is explicit (build scripts and proc macros stay dynamic).
-    (cd "$HUSK_ROOT" && RUSTFLAGS="-C target-feature=+crt-static" \
-        cargo build -j"$JOBS" --release -p husk-init -p husk-agent --target "$GUEST_TARGET")
+    # SELINUX_STATIC=1: selinux-sys links libselinux.a (rustjail's build script adds PCRE2).
+    # selinux-probe: rustjail's SELinux labels in a real guest, for tests/tests/boot.rs.
+    (cd "$HUSK_ROOT" && SELINUX_STATIC=1 RUSTFLAGS="-C target-feature=+crt-static" \
+        cargo build -j"$JOBS" --release -p husk-init -p husk-agent -p husk-rustjail \
+        --bins --example selinux-probe --target "$GUEST_TARGET")
 }
 
 # containerd finds a shim on its PATH by name: put husk's in /usr/local/bin, an optimised build
