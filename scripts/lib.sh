@@ -24,9 +24,12 @@ install_packages() {
     # reference of `husk bench run`; containerd (with ctr): what the shim serves, and its tests;
     # bsdutils: `script`, which gives `ctr run -t` a terminal in the tests; iproute2: pod
     # network namespaces (the tests make them as CNI would); iputils-ping: the host end pings
-    # a pod.
+    # a pod. SELinux: secilc compiles the guest's policy at image build; clang and libclang-dev
+    # (bindgen), libselinux1-dev and libpcre2-dev (the static libselinux.a and what it calls)
+    # build the selinux crate the agent links statically.
     local want=(qemu-system-x86 busybox-static gcc libc6-dev libcap-ng-dev libseccomp-dev runc
-        containerd bsdutils iproute2 iputils-ping) missing=()
+        containerd bsdutils iproute2 iputils-ping secilc clang libclang-dev libselinux1-dev
+        libpcre2-dev) missing=()
     for p in "${want[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
     done
@@ -62,10 +65,13 @@ build_husk() {
     # guest target because --target is explicit (build scripts and proc macros stay dynamic).
     # The agent's seccomp (rustjail) links libseccomp: statically here, from libseccomp-dev's
     # libseccomp.a (libseccomp-sys reads LIBSECCOMP_LINK_TYPE and LIBSECCOMP_LIB_PATH); host
-    # builds and tests link libseccomp.so as usual.
-    (cd "$HUSK_ROOT" && RUSTFLAGS="-C target-feature=+crt-static" \
+    # builds and tests link libseccomp.so as usual. SELINUX_STATIC=1: selinux-sys links
+    # libselinux.a (rustjail's build script adds PCRE2).
+    # selinux-probe: rustjail's SELinux labels in a real guest, for tests/tests/boot.rs.
+    (cd "$HUSK_ROOT" && RUSTFLAGS="-C target-feature=+crt-static" SELINUX_STATIC=1 \
         LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH="$GUEST_LIBDIR" \
-        cargo build -j"$JOBS" --release -p husk-init -p husk-agent --target "$GUEST_TARGET")
+        cargo build -j"$JOBS" --release -p husk-init -p husk-agent -p husk-rustjail \
+        --bins --example selinux-probe --target "$GUEST_TARGET")
 }
 
 # containerd finds a shim on its PATH by name: put husk's in /usr/local/bin, an optimised build

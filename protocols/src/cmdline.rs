@@ -30,6 +30,49 @@ pub fn parse_boot_timer(value: &str) -> Option<u64> {
     (addr % 4096 == 0 && addr != 0).then_some(addr)
 }
 
+/// SELinux in the guest (`husk.selinux=0`): absent or `1`, husk-init loads the image's policy
+/// and enforces it; `0` leaves SELinux off (no policy is loaded, labels are not applied);
+/// `permissive` loads the policy but only logs denials (for writing policy). The host sets `0`
+/// when its configuration turns SELinux off (`agent.selinux = false`).
+pub const SELINUX: &str = "husk.selinux";
+
+/// The [`SELINUX`] value that turns SELinux off.
+pub const SELINUX_OFF: &str = "0";
+
+/// What the guest does with SELinux, from the [`SELINUX`] key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelinuxMode {
+    /// Load the policy and enforce it (the default).
+    Enforcing,
+    /// Load the policy, log denials, deny nothing.
+    Permissive,
+    /// Load nothing.
+    Off,
+}
+
+impl SelinuxMode {
+    /// The word for the mode, as husk-init reports it (`enforcing`, `permissive`, `off`).
+    pub fn name(self) -> &'static str {
+        match self {
+            SelinuxMode::Enforcing => "enforcing",
+            SelinuxMode::Permissive => "permissive",
+            SelinuxMode::Off => "off",
+        }
+    }
+}
+
+/// The SELinux mode a kernel command line asks for: enforcing unless [`SELINUX`] says
+/// otherwise. An unknown value is `Err` with the value, for the caller to report; it must then
+/// treat it as enforcing (never weaker than asked for by mistake).
+pub fn selinux_mode(cmdline: &str) -> Result<SelinuxMode, String> {
+    match lookup(cmdline, SELINUX) {
+        None | Some("1") => Ok(SelinuxMode::Enforcing),
+        Some(SELINUX_OFF) => Ok(SelinuxMode::Off),
+        Some("permissive") => Ok(SelinuxMode::Permissive),
+        Some(other) => Err(other.to_owned()),
+    }
+}
+
 /// Default guest hostname when the host gives none.
 pub const DEFAULT_HOSTNAME: &str = "husk";
 
@@ -75,6 +118,27 @@ mod tests {
         assert_eq!(parse_boot_timer("3221225472"), None);
         assert_eq!(parse_boot_timer("0x0"), None);
         assert_eq!(parse_boot_timer("0xzz"), None);
+    }
+
+    #[test]
+    fn selinux_is_enforcing_unless_turned_off() {
+        assert_eq!(selinux_mode("console=ttyS0"), Ok(SelinuxMode::Enforcing));
+        assert_eq!(selinux_mode("husk.selinux=1"), Ok(SelinuxMode::Enforcing));
+        assert_eq!(
+            selinux_mode(&format!("quiet {SELINUX}={SELINUX_OFF}")),
+            Ok(SelinuxMode::Off)
+        );
+        assert_eq!(
+            selinux_mode("husk.selinux=permissive"),
+            Ok(SelinuxMode::Permissive)
+        );
+        assert_eq!(selinux_mode("husk.selinux=no"), Err("no".to_owned()));
+        assert_eq!(
+            selinux_mode("husk.selinux=0 husk.selinux=1"),
+            Ok(SelinuxMode::Enforcing),
+            "the last word wins"
+        );
+        assert_eq!(SelinuxMode::Off.name(), "off");
     }
 
     #[test]

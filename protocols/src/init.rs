@@ -53,6 +53,9 @@ pub struct Ready {
     /// Whether init credited a hardware seed to the kernel's entropy pool.
     #[serde(default)]
     pub entropy_seeded: bool,
+    /// SELinux in the guest: `enforcing`, `permissive` or `off` (empty from an older init).
+    #[serde(default)]
+    pub selinux: String,
 }
 
 /// Messages from the host to husk-init.
@@ -87,6 +90,7 @@ mod tests {
             kernel_release: "6.1".into(),
             services: vec!["shell".into()],
             entropy_seeded: true,
+            selinux: "enforcing".into(),
         });
         let mut buf = Vec::new();
         write_frame(&mut buf, &ready).unwrap();

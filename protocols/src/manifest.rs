@@ -12,6 +12,18 @@ pub const MANIFEST_PATH: &str = "/etc/husk/manifest.json";
 /// Current manifest schema version.
 pub const SCHEMA: u32 = 1;
 
+/// Version of the binary SELinux policy format an image carries: the newest Linux 6.1 reads
+/// (`POLICYDB_VERSION_MAX`); the image builder asks the policy compiler for exactly this.
+pub const SELINUX_POLICY_VERSION: u32 = 33;
+
+/// Where an image keeps its binary SELinux policy: libselinux's layout for a policy named
+/// `husk` (see [`SELINUX_CONFIG_PATH`]), suffixed with [`SELINUX_POLICY_VERSION`].
+pub const SELINUX_POLICY_PATH: &str = "/etc/selinux/husk/policy/policy.33";
+
+/// libselinux's configuration file. libselinux counts SELinux as enabled only when it exists,
+/// so an image with a policy carries one (naming the policy `husk`).
+pub const SELINUX_CONFIG_PATH: &str = "/etc/selinux/config";
+
 /// The manifest document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageManifest {
@@ -27,6 +39,21 @@ pub struct ImageManifest {
     /// Services husk-init starts and restarts, in start order.
     #[serde(default)]
     pub services: Vec<ServiceSpec>,
+    /// The SELinux policy the image carries, which husk-init loads and enforces at boot
+    /// unless the kernel command line turns SELinux off; none: the image has no policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selinux: Option<SelinuxPolicy>,
+}
+
+/// An image's binary SELinux policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SelinuxPolicy {
+    /// Where it is in the image ([`SELINUX_POLICY_PATH`]).
+    pub path: String,
+    /// Its format version ([`SELINUX_POLICY_VERSION`]).
+    pub version: u32,
+    /// SHA-256 of the binary policy, hex: which policy this is.
+    pub sha256: String,
 }
 
 /// One supervised service.
@@ -109,5 +136,12 @@ mod tests {
         assert!(m.services.is_empty());
         let s: ServiceSpec = serde_json::from_str(r#"{"name":"a","argv":["/a"]}"#).unwrap();
         assert_eq!(s.stdio, ServiceStdio::Log);
+        assert_eq!(m.selinux, None, "an image of before SELinux has no policy");
+    }
+
+    #[test]
+    fn the_policy_path_names_its_version() {
+        assert!(SELINUX_POLICY_PATH.ends_with(&format!("/policy.{SELINUX_POLICY_VERSION}")));
+        assert!(SELINUX_POLICY_PATH.starts_with("/etc/selinux/"));
     }
 }

@@ -8,10 +8,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use husk_protocols::manifest::{ImageManifest, ServiceSpec, ServiceStdio, MANIFEST_PATH, SCHEMA};
+use husk_protocols::manifest::{
+    ImageManifest, SelinuxPolicy, ServiceSpec, ServiceStdio, MANIFEST_PATH, SCHEMA,
+    SELINUX_CONFIG_PATH, SELINUX_POLICY_PATH, SELINUX_POLICY_VERSION,
+};
 use sha2::Digest;
 
 use crate::elf::{check_static_x86_64, ElfError};
+use crate::selinux::PolicyError;
 use crate::tree::Tree;
 
 /// Image flavours.
@@ -78,6 +82,8 @@ pub enum ImageError {
     Version { path: PathBuf, detail: String },
     #[error("invalid service: {0}")]
     Service(String),
+    #[error("cannot build the SELinux policy: {0}")]
+    Selinux(#[from] PolicyError),
     #[error("cannot write the image to {path}: {source}")]
     Write {
         path: PathBuf,
@@ -212,6 +218,24 @@ fn debug_shell() -> ServiceSpec {
     }
 }
 
+/// Adds the compiled SELinux policy and libselinux's configuration; what the manifest says
+/// about the policy.
+fn add_selinux(t: &mut Tree) -> Result<SelinuxPolicy, ImageError> {
+    let policy = crate::selinux::compile(Path::new(crate::selinux::SECILC))?;
+    let sha256 = hex(&sha2::Sha256::digest(&policy));
+    t.file(SELINUX_POLICY_PATH, 0o644, policy);
+    t.file(
+        SELINUX_CONFIG_PATH,
+        0o644,
+        crate::selinux::CONFIG.as_bytes().to_vec(),
+    );
+    Ok(SelinuxPolicy {
+        path: SELINUX_POLICY_PATH.into(),
+        version: SELINUX_POLICY_VERSION,
+        sha256,
+    })
+}
+
 /// Path of the manifest written beside an image.
 pub fn manifest_path_for(image: &Path) -> PathBuf {
     let mut s = image.as_os_str().to_owned();
@@ -237,6 +261,7 @@ pub fn build(spec: &ImageSpec) -> Result<BuildReport, ImageError> {
         component_version(&spec.agent, "husk-agent")?,
     );
     tree.file(AGENT_PATH, 0o755, agent);
+    let selinux = add_selinux(&mut tree)?;
 
     // The agent first: it is what the host waits for.
     let mut services = vec![agent_service()];
@@ -255,6 +280,7 @@ pub fn build(spec: &ImageSpec) -> Result<BuildReport, ImageError> {
         flavour: spec.flavour.name().into(),
         components,
         services,
+        selinux: Some(selinux),
     };
     let mut h = tree.digest();
     h.update(serde_json::to_vec(&manifest).unwrap_or_default());

@@ -324,3 +324,188 @@ fn disks_are_served_by_husks_block_device() {
         "the read-only image is unchanged"
     );
 }
+
+/// The label of husk's own processes: the kernel's domain, with every category.
+const KERNEL_LABEL: &str = "system_u:system_r:kernel_t:s0-s0:c0.c1023";
+
+#[test]
+fn the_default_image_boots_enforcing_selinux() {
+    let h = Harness::new();
+    let image = h.image("default");
+    let policy = manifest_of(&image)
+        .selinux
+        .expect("the image carries an SELinux policy");
+    assert_eq!(policy.version, 33);
+    let (mut vm, report) = h.boot_ready(&h.config(&image));
+    assert_eq!(report.init.selinux, "enforcing");
+    assert_eq!(
+        report.init.services,
+        ["agent"],
+        "the agent starts under the policy"
+    );
+    vm.shutdown(SHUTDOWN_TIMEOUT).expect("clean shutdown");
+    let log = std::fs::read_to_string(vm.log_dir().join("serial.log")).unwrap();
+    assert!(log.contains("SELinux enforcing"), "{log}");
+    assert!(
+        log.contains(&policy.sha256),
+        "the log names the policy: {log}"
+    );
+    h.finish(vm);
+}
+
+/// The debug image enforces the policy too: selinuxfs says so, husk's own processes run
+/// unconfined in `kernel_t` without a single denial, and a process that enters `container_t`
+/// (as the agent's exec label will make a container's) in a root labelled `container_file_t`
+/// may read but not write files labelled `container_ro_file_t` by a `context=` mount, and is
+/// audited for trying. busybox has no `runcon`, so the shell writes the exec label to
+/// /proc/self/attr/exec itself.
+#[test]
+fn the_debug_image_enforces_selinux_and_confines_container_t() {
+    let h = Harness::new();
+    let (mut vm, report) = h.boot_ready(&h.config(&h.image("debug")));
+    assert_eq!(report.init.selinux, "enforcing");
+
+    let state = console_run(
+        &vm,
+        "echo \"S:$(cat /sys/fs/selinux/enforce) $(cat /sys/fs/selinux/mls) $(cat /sys/fs/selinux/policyvers) $(tr -d '\\0' < /proc/1/attr/current) $(tr -d '\\0' < /proc/self/attr/current)\"",
+        "S:",
+    );
+    assert_eq!(
+        state.trim(),
+        format!("S:1 1 33 {KERNEL_LABEL} {KERNEL_LABEL}"),
+        "enforcing, MLS (MCS), and init and its shell in kernel_t"
+    );
+    let denials = console_run(&vm, "echo \"N:$(dmesg | grep -c 'avc:  denied')\"", "N:");
+    assert_eq!(
+        denials.trim(),
+        "N:0",
+        "husk's own processes were denied something"
+    );
+
+    // A container's root (a tmpfs with the default mount label, busybox in it, /proc, the
+    // guest's /dev/null bound in) and a read-only tmpfs under it; and the container's script.
+    let mounted = console_run(
+        &vm,
+        "mkdir -p /mnt/c && mount -t tmpfs -o 'context=\"system_u:object_r:container_file_t:s0\"' c /mnt/c && mkdir /mnt/c/ro /mnt/c/proc /mnt/c/dev && mount -t tmpfs -o 'context=\"system_u:object_r:container_ro_file_t:s0\"' ro /mnt/c/ro && mount -t proc proc /mnt/c/proc && touch /mnt/c/dev/null && mount --bind /dev/null /mnt/c/dev/null && cp /bin/busybox /mnt/c/busybox && echo data > /mnt/c/ro/f && echo M:ok",
+        "M:",
+    );
+    assert_eq!(mounted.trim(), "M:ok");
+    let script = console_run(
+        &vm,
+        "cat > /mnt/c/t.sh <<'EOF'\n\
+         B=/busybox; t() { if \"$@\" >/dev/null 2>&1; then echo ok; else echo denied; fi; }\n\
+         echo \"C:$($B cat /proc/self/attr/current | $B tr -d '\\0') read=$(t $B cat /ro/f) write=$(t $B sh -c 'echo x >> /ro/f') create=$(t $B touch /ro/g) own=$(t $B sh -c 'echo x > /w')\"\n\
+         EOF\n\
+         echo W:ok",
+        "W:",
+    );
+    assert_eq!(script.trim(), "W:ok");
+    let confined = console_run(
+        &vm,
+        "chroot /mnt/c /busybox sh -c 'echo -n system_u:system_r:container_t:s0 > /proc/self/attr/exec && exec /busybox sh /t.sh'",
+        "C:",
+    );
+    assert_eq!(
+        confined.trim(),
+        "C:system_u:system_r:container_t:s0 read=ok write=denied create=denied own=ok"
+    );
+    let logged = console_run(
+        &vm,
+        "echo \"L:$(dmesg | grep 'avc:  denied' | grep -c 'tcontext=system_u:object_r:container_ro_file_t:s0')\"",
+        "L:",
+    );
+    assert_ne!(logged.trim(), "L:0", "the denial is audited");
+
+    vm.shutdown(SHUTDOWN_TIMEOUT).expect("clean shutdown");
+    h.finish(vm);
+}
+
+/// rustjail's SELinux module in a real guest, through `selinux-probe` (built statically beside
+/// the agent, so libselinux is linked as the agent links it): it reads its own label, refuses
+/// a type the policy lacks, mounts tmpfs with `context=` options it builds (categories with
+/// commas included), and runs busybox as a container would, with no_new_privs and the exec
+/// label `container_t:s0:c1,c2`: its own files are writable, read-only ones only readable,
+/// another container's categories unreadable. The probe itself comes from a virtio-fs share,
+/// which the policy labels `container_file_t` (an entrypoint for container_t).
+#[test]
+fn rustjail_labels_confine_a_process_in_the_guest() {
+    let h = Harness::new();
+    let probe = agent_binary()
+        .parent()
+        .map(|d| d.join("examples/selinux-probe"))
+        .unwrap();
+    assert!(
+        probe.exists(),
+        "{} missing: scripts/lib.sh build_husk builds it with the guest binaries",
+        probe.display()
+    );
+    let shared = h.scratch().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::copy(&probe, shared.join("selinux-probe")).unwrap();
+    std::fs::copy("/bin/busybox", shared.join("busybox")).unwrap();
+    let mut config = h.config(&h.image("debug"));
+    config.shares.push(husk_hypervisor::config::Share {
+        tag: "hostshare".into(),
+        host_dir: shared,
+        read_only: true,
+    });
+    let (mut vm, _) = h.boot_ready(&config);
+
+    let mark = vm.serial().mark();
+    vm.serial()
+        .write(b"mkdir -p /mnt/s && mount -t virtiofs hostshare /mnt/s && /mnt/s/selinux-probe /mnt/s/busybox\n")
+        .expect("console input");
+    let line = |tag: &str| {
+        vm.serial()
+            .wait_for_line(mark, CONSOLE_TIMEOUT, |l| l.trim_start().starts_with(tag))
+            .unwrap_or_else(|e| panic!("{tag}: {e}; console: {:?}", vm.serial().last_lines(20)))
+            .trim()
+            .to_owned()
+    };
+    let done = line("PROBE-DONE:");
+    let console = vm.serial().last_lines(40);
+    assert!(
+        !console.iter().any(|l| l.contains("PROBE-ERROR")),
+        "{console:?}"
+    );
+    assert_eq!(
+        line("PROBE-SELF:"),
+        format!("PROBE-SELF: enabled=true enforcing=true label={KERNEL_LABEL}")
+    );
+    let bad = line("PROBE-BAD:");
+    assert!(bad.starts_with("PROBE-BAD: refused"), "{bad}");
+    assert_eq!(
+        line("PROBE-CT:"),
+        "PROBE-CT: label=system_u:system_r:container_t:s0:c1,c2 own_write=ok ro_read=ok \
+         ro_write=denied ro_create=denied other_read=denied dev_null=ok"
+    );
+    assert!(done.contains("Exited") && done.ends_with(", 0)"), "{done}");
+
+    vm.shutdown(SHUTDOWN_TIMEOUT).expect("clean shutdown");
+    h.finish(vm);
+}
+
+#[test]
+fn selinux_off_on_the_command_line_boots_without_a_policy() {
+    let h = Harness::new();
+    let mut config = h.config(&h.image("debug"));
+    config.extra_cmdline.push(format!(
+        "{}={}",
+        husk_protocols::cmdline::SELINUX,
+        husk_protocols::cmdline::SELINUX_OFF
+    ));
+    let (mut vm, report) = h.boot_ready(&config);
+    assert_eq!(report.init.selinux, "off");
+    assert_eq!(report.init.services, ["agent", "console-shell"]);
+    // No selinuxfs, and the kernel still names init by its initial SID: no policy is loaded.
+    let state = console_run(
+        &vm,
+        "echo \"O:$(test -e /sys/fs/selinux/enforce && echo mounted || echo absent) $(tr -d '\\0' < /proc/1/attr/current)\"",
+        "O:",
+    );
+    assert_eq!(state.trim(), "O:absent kernel");
+    vm.shutdown(SHUTDOWN_TIMEOUT).expect("clean shutdown");
+    let log = std::fs::read_to_string(vm.log_dir().join("serial.log")).unwrap();
+    assert!(log.contains("SELinux off (husk.selinux=0"), "{log}");
+    h.finish(vm);
+}

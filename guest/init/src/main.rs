@@ -1,8 +1,9 @@
 //! husk-init: PID 1 of every husk guest.
 //!
-//! Moves the root off the initramfs, mounts the base filesystems, sets the hostname, seeds entropy, starts and restarts the
-//! services the image manifest lists, reaps orphans, tells the host it is ready over vsock, and
-//! on a shutdown request (or a fatal error) stops everything, syncs and leaves the VM with
+//! Moves the root off the initramfs, mounts the base filesystems, loads the SELinux policy and
+//! enforces it, sets the hostname, seeds entropy, starts and restarts the services the image
+//! manifest lists, reaps orphans, tells the host it is ready over vsock, and on a shutdown
+//! request (or a fatal error) stops everything, syncs and leaves the VM with
 //! `reboot(2)` (the VM has no ACPI power-off). Logs go to the serial console.
 //!
 //! This file owns the start-up order and the event loop. It must never exit: PID 1 leaving
@@ -13,6 +14,7 @@ mod control;
 mod entropy;
 mod identity;
 mod mounts;
+mod selinux;
 mod spawn;
 mod supervisor;
 mod switch_root;
@@ -117,10 +119,12 @@ fn run(cmdline_text: &str) -> anyhow::Result<Infallible> {
     let mut sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .context("creating signalfd")?;
 
+    let manifest = read_manifest()?;
+    // Before any service starts, so that every one runs under the policy.
+    let selinux = setup_selinux(cmdline_text, &manifest)?;
     let hostname = identity::set_hostname(&mut syscalls::RealSyscalls, cmdline_text)
         .context("setting the hostname")?;
     let entropy_seeded = entropy::seed_from_hwrng();
-    let manifest = read_manifest()?;
     let services = manifest
         .services
         .iter()
@@ -155,6 +159,7 @@ fn run(cmdline_text: &str) -> anyhow::Result<Infallible> {
             .unwrap_or_default(),
         services: started,
         entropy_seeded,
+        selinux: selinux.mode().name().to_owned(),
     };
     match boot_timer::signal_booted(cmdline_text) {
         Ok(true) => tracing::debug!("boot timer signalled"),
@@ -198,6 +203,37 @@ fn run(cmdline_text: &str) -> anyhow::Result<Infallible> {
         }
         sup.restart_due(Instant::now());
     }
+}
+
+/// Loads and enforces the image's SELinux policy unless the command line turns it off; logs the
+/// mode. A policy the image promised but that cannot be enforced is fatal.
+fn setup_selinux(cmdline_text: &str, manifest: &ImageManifest) -> anyhow::Result<selinux::Outcome> {
+    let wanted = cmdline::selinux_mode(cmdline_text).unwrap_or_else(|value| {
+        tracing::warn!(
+            "unknown {}={value:?} on the kernel command line (0, 1 or permissive): enforcing",
+            cmdline::SELINUX
+        );
+        cmdline::SelinuxMode::Enforcing
+    });
+    let policy = manifest.selinux.as_ref();
+    let outcome = selinux::setup(&mut syscalls::RealSyscalls, wanted, policy)
+        .context("setting up SELinux")?;
+    match (outcome, policy) {
+        (selinux::Outcome::Loaded(mode), Some(p)) => tracing::info!(
+            policy = %p.path,
+            version = p.version,
+            sha256 = %p.sha256,
+            "SELinux {}",
+            mode.name()
+        ),
+        (selinux::Outcome::TurnedOff, _) => tracing::info!(
+            "SELinux off ({}={} on the kernel command line)",
+            cmdline::SELINUX,
+            cmdline::SELINUX_OFF
+        ),
+        _ => tracing::warn!("SELinux off: the image carries no policy"),
+    }
+    Ok(outcome)
 }
 
 /// Reaps every exited child: services are reported and scheduled for restart, orphans logged.

@@ -25,6 +25,11 @@ pub trait Syscalls {
     fn mount(&mut self, req: &MountRequest) -> io::Result<()>;
     /// `sethostname(2)`.
     fn set_hostname(&mut self, name: &str) -> io::Result<()>;
+    /// Reads a whole file.
+    fn read_file(&mut self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Writes `data` to an existing file in a single `write(2)` (kernel interfaces such as
+    /// selinuxfs take a value only whole, in one call); a short write is an error.
+    fn write_file(&mut self, path: &Path, data: &[u8]) -> io::Result<()>;
 }
 
 /// The real system calls.
@@ -54,6 +59,23 @@ impl Syscalls for RealSyscalls {
     fn set_hostname(&mut self, name: &str) -> io::Result<()> {
         nix::unistd::sethostname(name).map_err(io::Error::from)
     }
+
+    fn read_file(&mut self, path: &Path) -> io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+
+    fn write_file(&mut self, path: &Path, data: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
+        let n = f.write(data)?;
+        if n != data.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short write: {n} of {} bytes", data.len()),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A fake that records every call and fails the ones it is told to.
@@ -63,6 +85,10 @@ pub struct RecordingSyscalls {
     pub calls: Vec<String>,
     /// Mount targets that fail with the given errno.
     pub fail_mounts: Vec<(&'static str, i32)>,
+    /// Files the fake reads: path and contents (others are `ENOENT`). Writes update them.
+    pub files: Vec<(String, Vec<u8>)>,
+    /// Paths whose writes fail with the given errno.
+    pub fail_writes: Vec<(&'static str, i32)>,
 }
 
 #[cfg(test)]
@@ -86,6 +112,28 @@ impl Syscalls for RecordingSyscalls {
 
     fn set_hostname(&mut self, name: &str) -> io::Result<()> {
         self.calls.push(format!("hostname {name}"));
+        Ok(())
+    }
+
+    fn read_file(&mut self, path: &Path) -> io::Result<Vec<u8>> {
+        let path = path.to_string_lossy();
+        self.calls.push(format!("read {path}"));
+        self.files
+            .iter()
+            .find(|(p, _)| *p == path)
+            .map(|(_, d)| d.clone())
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
+    }
+
+    fn write_file(&mut self, path: &Path, data: &[u8]) -> io::Result<()> {
+        let path = path.to_string_lossy().into_owned();
+        self.calls
+            .push(format!("write {path} {} bytes", data.len()));
+        if let Some((_, errno)) = self.fail_writes.iter().find(|(p, _)| *p == path) {
+            return Err(io::Error::from_raw_os_error(*errno));
+        }
+        self.files.retain(|(p, _)| *p != path);
+        self.files.push((path, data.to_vec()));
         Ok(())
     }
 }

@@ -131,6 +131,9 @@ pub struct AgentConfig {
     /// `log_level`: log level of the guest's husk components (`husk.log=` on the kernel
     /// command line); one of [`LOG_LEVELS`].
     pub log_level: String,
+    /// `selinux`: the guest enforces husk's SELinux policy and labels containers; false adds
+    /// `husk.selinux=0` to the kernel command line.
+    pub selinux: bool,
     /// `ready_timeout_secs`: how long to wait for the guest's init to report ready.
     pub ready_timeout_secs: u64,
     /// `dial_timeout_secs`: how long to wait for the agent to accept a connection, and for
@@ -272,6 +275,7 @@ impl Config {
                 debug_console: false,
                 tracing: false,
                 log_level: "info".to_owned(),
+                selinux: true,
                 ready_timeout_secs: DEFAULT_READY_TIMEOUT_SECS,
                 dial_timeout_secs: DEFAULT_DIAL_TIMEOUT_SECS,
             },
@@ -288,13 +292,14 @@ impl Config {
     }
 
     /// The kernel command-line words every VM gets: the guest's log level
-    /// (`agent.log_level`), then `hypervisor.kernel_params` (last, so they win).
+    /// (`agent.log_level`), SELinux off when `agent.selinux` is false, then
+    /// `hypervisor.kernel_params` (last, so they win).
     pub fn kernel_params(&self) -> Vec<String> {
-        let mut words = vec![format!(
-            "{}={}",
-            husk_protocols::cmdline::LOG_LEVEL,
-            self.agent.log_level
-        )];
+        use husk_protocols::cmdline;
+        let mut words = vec![format!("{}={}", cmdline::LOG_LEVEL, self.agent.log_level)];
+        if !self.agent.selinux {
+            words.push(format!("{}={}", cmdline::SELINUX, cmdline::SELINUX_OFF));
+        }
         words.extend(self.hypervisor.kernel_params.iter().cloned());
         words
     }

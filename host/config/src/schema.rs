@@ -129,6 +129,14 @@ pub(crate) static KEYS: &[KeySpec] = &[
     },
     KeySpec {
         section: "agent",
+        name: "selinux",
+        kind: Kind::Bool,
+        expected: "true or false",
+        apply: |c, v| set(&mut c.agent.selinux, v.as_bool()),
+        get: |c| Value::from(c.agent.selinux),
+    },
+    KeySpec {
+        section: "agent",
         name: "ready_timeout_secs",
         kind: Kind::Int,
         expected: "a whole number of seconds from 1 to 86400",

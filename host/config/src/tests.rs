@@ -73,6 +73,7 @@ fn defaults_with_no_file() {
     assert!(!c.agent.debug_console);
     assert!(!c.agent.tracing);
     assert_eq!(c.agent.log_level, "info");
+    assert!(c.agent.selinux);
     assert_eq!(c.agent.ready_timeout_secs, 60);
     assert_eq!(c.agent.dial_timeout_secs, 60);
     assert_eq!(c.runtime.state_dir, Path::new("/run/husk/sandboxes"));
@@ -477,6 +478,26 @@ fn entries_read_back_as_the_same_configuration() {
     assert_eq!(c2.hypervisor, c.hypervisor);
     assert_eq!(c2.agent, c.agent);
     assert_eq!(c2.runtime, c.runtime);
+}
+
+#[test]
+fn selinux_off_reaches_the_kernel_command_line() {
+    let d = Dir::new();
+    assert_eq!(d.load().unwrap().kernel_params(), ["husk.log=info"]);
+    d.write(
+        "config.toml",
+        "[hypervisor]\nkernel_params = [\"quiet\"]\n[agent]\nselinux = false\n",
+    );
+    let c = d.load().unwrap();
+    assert!(!c.agent.selinux);
+    assert_eq!(
+        c.kernel_params(),
+        ["husk.log=info", "husk.selinux=0", "quiet"]
+    );
+    assert_eq!(
+        husk_protocols::cmdline::selinux_mode(&c.kernel_params().join(" ")),
+        Ok(husk_protocols::cmdline::SelinuxMode::Off)
+    );
 }
 
 #[test]
