@@ -24,8 +24,9 @@ pub const DEV_LINKS: &[(&str, &str)] = &[
     ("ptmx", "pts/ptmx"),
     ("core", "/proc/kcore"),
 ];
-/// The filesystems that take the SELinux mount label (`context=`).
-const LABELLED: &[&str] = &["tmpfs", "devpts", "mqueue"];
+/// The filesystems that take the SELinux mount label (`context=`). Not mqueue: its superblock
+/// belongs to the IPC namespace, and a second mount with other options is refused.
+const LABELLED: &[&str] = &["tmpfs", "devpts"];
 
 /// What the jail needs to know beside the plan.
 #[derive(Debug)]
@@ -247,9 +248,19 @@ pub fn finish(sys: &mut impl Sys, s: &Setup<'_>) -> Result<(), String> {
             .map_err(err(format_args!("masking {}", p.display())))?
         {
             None => {}
-            Some(Kind::Dir) => sys
-                .mount(Some("tmpfs"), p, Some("tmpfs"), libc::MS_RDONLY, None)
-                .map_err(err(format_args!("masking {}", p.display())))?,
+            Some(Kind::Dir) => {
+                // With SELinux on, the mask carries the mount label, or the container could
+                // not even list it.
+                let data = with_label("", "tmpfs", s.mount_label);
+                sys.mount(
+                    Some("tmpfs"),
+                    p,
+                    Some("tmpfs"),
+                    libc::MS_RDONLY,
+                    data.as_deref(),
+                )
+                .map_err(err(format_args!("masking {}", p.display())))?
+            }
             Some(_) => sys
                 .mount(Some("/dev/null"), p, None, libc::MS_BIND, None)
                 .map_err(err(format_args!("masking {}", p.display())))?,
