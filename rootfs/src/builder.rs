@@ -261,6 +261,10 @@ pub fn build(spec: &ImageSpec) -> Result<BuildReport, ImageError> {
         component_version(&spec.agent, "husk-agent")?,
     );
     tree.file(AGENT_PATH, 0o755, agent);
+    // How the agent confines containers with seccomp (`husk check` shows it).
+    if let Ok(line) = first_line(&spec.agent, &["--seccomp"]) {
+        components.insert("seccomp".into(), line);
+    }
     let selinux = add_selinux(&mut tree)?;
 
     // The agent first: it is what the host waits for.

@@ -26,6 +26,13 @@ fn husk_check_explains_what_auto_uses() {
         stdout.contains("VMM seccomp") && stdout.contains("enforced"),
         "{stdout}"
     );
+    // How the guest confines containers, from the image's manifest.
+    assert!(
+        stdout.contains("container security")
+            && stdout.contains("SELinux enforcing")
+            && stdout.contains("default profile"),
+        "{stdout}"
+    );
 
     let json = h.husk().args(["check", "--json"]).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("check --json");

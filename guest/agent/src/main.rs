@@ -48,6 +48,11 @@ fn main() -> anyhow::Result<()> {
         println!("husk-agent {}", env!("CARGO_PKG_VERSION"));
         return Ok(());
     }
+    // How containers are confined with seccomp (the image builder records it).
+    if std::env::args().nth(1).as_deref() == Some("--seccomp") {
+        println!("{}", rustjail::seccomp::describe());
+        return Ok(());
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)

@@ -29,6 +29,8 @@ struct Report {
     builtin_vmm: String,
     /// How the VMM's threads and device back ends are confined.
     seccomp: String,
+    /// How the guest confines containers (from the default image's manifest).
+    containers: String,
     kernel: Component,
     image: Component,
     debug_image: Component,
@@ -85,6 +87,30 @@ fn kernel_component(path: PathBuf) -> Component {
     }
 }
 
+/// What the image's manifest says of containers' confinement: SELinux and seccomp.
+fn container_security(image: &Path) -> String {
+    let manifest = husk_image::builder::manifest_path_for(image);
+    let Some(m) = std::fs::read(&manifest)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<husk_protocols::manifest::ImageManifest>(&b).ok())
+    else {
+        return "unknown: no image manifest".into();
+    };
+    let selinux = match &m.selinux {
+        Some(p) => format!(
+            "SELinux enforcing (husk's policy v{}; agent.selinux = false turns it off)",
+            p.version
+        ),
+        None => "SELinux off (no policy in the image)".into(),
+    };
+    let seccomp = m
+        .components
+        .get("seccomp")
+        .cloned()
+        .unwrap_or_else(|| "seccomp: not reported by this image's agent".into());
+    format!("{selinux}; {seccomp}")
+}
+
 fn image_component(path: PathBuf) -> Component {
     if let Err(e) = boot_files::check_initrd(&path) {
         return Component {
@@ -139,6 +165,7 @@ fn gather() -> Report {
             .to_owned()
     };
     let kernel = kernel_component(artifacts::kernel());
+    let containers = container_security(&artifacts::image("default"));
     let image = image_component(artifacts::image("default"));
     let debug_image = image_component(artifacts::image("debug"));
     let plan = backend::plan_for_host(BackendChoice::Auto, &paths);
@@ -166,6 +193,7 @@ fn gather() -> Report {
         vsock_backend,
         builtin_vmm,
         seccomp,
+        containers,
         kernel,
         image,
         debug_image,
@@ -198,6 +226,7 @@ pub fn run(json: bool) -> anyhow::Result<ExitCode> {
             .row("vsock back end", show(&r.vsock_backend))
             .row("builtin VMM", &r.builtin_vmm)
             .row("VMM seccomp", &r.seccomp)
+            .row("container security", &r.containers)
             .row("guest kernel", show(&r.kernel))
             .row("guest image", show(&r.image))
             .row("debug image", show(&r.debug_image))
