@@ -631,3 +631,17 @@ fn selinux_can_be_turned_off() {
     // Without a policy the kernel knows no label but its initial one.
     assert!(!out.contains("container_t"), "{out}");
 }
+
+#[test]
+fn a_failing_hook_stops_the_container_with_its_error() {
+    let h = Harness::new();
+    let sh = "/run/husk/containers/main/rootfs/bin/sh";
+    refused(
+        &h,
+        |v| {
+            v["hooks"] = serde_json::json!({"createRuntime": [
+                {"path": sh, "args": ["sh", "-c", "echo no-network-for-you >&2; exit 3"]}]})
+        },
+        "no-network-for-you",
+    );
+}

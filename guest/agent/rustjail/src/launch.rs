@@ -105,12 +105,21 @@ pub fn spawn(
     // Forked on the unconfined thread: the agent's own seccomp filter must not reach the jail.
     let mut stage1 = crate::launcher::run(move || cmd.spawn()).map_err(LaunchError::Spawn)?;
     drop(theirs);
-    let result = converse(&mut ours, cfg, on_mounted);
+    let mut forked = None;
+    let result = converse(&mut ours, cfg, on_mounted, &mut forked);
     // Stage 1 exits once it has forked (or failed): reap it.
     if result.is_err() {
         let _ = stage1.kill();
     }
     let _ = stage1.wait();
+    if result.is_err() {
+        // Stage 2 is the agent's child: kill and reap it, or it would stay a zombie.
+        if let Some(pid) = forked {
+            // SAFETY: kill(2) on our own child, which is not reaped until `wait` below.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            wait(pid);
+        }
+    }
     result.map(|(pid, created)| (pid, created.then_some(Created { sock: ours, pid })))
 }
 
@@ -118,6 +127,7 @@ fn converse(
     sock: &mut UnixStream,
     cfg: JailConfig,
     on_mounted: &mut dyn FnMut(u32) -> Result<String, String>,
+    forked: &mut Option<u32>,
 ) -> Result<(u32, bool), LaunchError> {
     let (create, maps, hook_secs) = match &cfg.mode {
         Mode::Create { plan, .. } => (
@@ -143,7 +153,10 @@ fn converse(
                 write_maps(p, uid, gid).map_err(LaunchError::IdMaps)?;
                 send(sock, &ToJail::Mapped)?;
             }
-            (Some(FromJail::Pid { pid: p }), None) if p > 1 => pid = Some(p),
+            (Some(FromJail::Pid { pid: p }), None) if p > 1 => {
+                pid = Some(p);
+                *forked = Some(p);
+            }
             (Some(FromJail::Mounted), Some(p)) if create => {
                 let state = on_mounted(p).map_err(LaunchError::Hook)?;
                 send(sock, &ToJail::Continue { state })?;
