@@ -7,6 +7,7 @@
 //! breaking becomes a new package.
 
 pub mod agent;
+pub mod capabilities;
 pub mod cmdline;
 pub mod containerd;
 pub mod frame;

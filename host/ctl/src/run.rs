@@ -85,80 +85,11 @@ pub struct SpecArgs {
     pub security_opt: Vec<String>,
 }
 
-/// The capabilities a container keeps by default under containerd and docker.
-const DEFAULT_CAPS: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
-
-/// Every capability name a flag may use (`ALL` stands for these).
-const ALL_CAPS: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_DAC_READ_SEARCH",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETPCAP",
-    "CAP_LINUX_IMMUTABLE",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_NET_BROADCAST",
-    "CAP_NET_ADMIN",
-    "CAP_NET_RAW",
-    "CAP_IPC_LOCK",
-    "CAP_IPC_OWNER",
-    "CAP_SYS_MODULE",
-    "CAP_SYS_RAWIO",
-    "CAP_SYS_CHROOT",
-    "CAP_SYS_PTRACE",
-    "CAP_SYS_PACCT",
-    "CAP_SYS_ADMIN",
-    "CAP_SYS_BOOT",
-    "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE",
-    "CAP_SYS_TIME",
-    "CAP_SYS_TTY_CONFIG",
-    "CAP_MKNOD",
-    "CAP_LEASE",
-    "CAP_AUDIT_WRITE",
-    "CAP_AUDIT_CONTROL",
-    "CAP_SETFCAP",
-    "CAP_MAC_OVERRIDE",
-    "CAP_MAC_ADMIN",
-    "CAP_SYSLOG",
-    "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND",
-    "CAP_AUDIT_READ",
-    "CAP_PERFMON",
-    "CAP_BPF",
-    "CAP_CHECKPOINT_RESTORE",
-];
-
 fn cap_name(flag: &str, cap: &str) -> anyhow::Result<String> {
-    let upper = cap.to_ascii_uppercase();
-    let name = if upper.starts_with("CAP_") {
-        upper
-    } else {
-        format!("CAP_{upper}")
-    };
-    if !ALL_CAPS.contains(&name.as_str()) {
-        bail!("{flag} {cap}: not a capability (e.g. NET_RAW, SYS_ADMIN, ALL)");
+    match husk_protocols::capabilities::canonical(cap) {
+        Some(name) => Ok(name.to_owned()),
+        None => bail!("{flag} {cap}: not a capability (e.g. NET_RAW, SYS_ADMIN, ALL)"),
     }
-    Ok(name)
 }
 
 impl SpecArgs {
@@ -215,7 +146,10 @@ impl SpecArgs {
                 };
                 for c in adds {
                     let names = if c.eq_ignore_ascii_case("ALL") {
-                        ALL_CAPS.iter().map(|s| s.to_string()).collect()
+                        husk_protocols::capabilities::NAMES
+                            .iter()
+                            .map(|s| s.to_string())
+                            .collect()
                     } else {
                         vec![cap_name("--cap-add", c)?]
                     };
@@ -386,7 +320,7 @@ pub fn spec_for_image(
         }
     } else {
         // containerd's and docker's default capabilities (runc's defaults keep only three).
-        let caps = serde_json::json!(DEFAULT_CAPS);
+        let caps = serde_json::json!(husk_protocols::capabilities::CONTAINER_DEFAULTS);
         for set in ["bounding", "effective", "permitted"] {
             v["process"]["capabilities"][set] = caps.clone();
         }

@@ -29,22 +29,7 @@ use oci_spec::runtime::{
 
 /// The capabilities a container gets when its spec does not say (the OCI and containerd
 /// default set); [`Filter::compile`] builds the default profile for them when given no profile.
-pub const DEFAULT_CAPABILITIES: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
+pub use husk_protocols::capabilities::CONTAINER_DEFAULTS as DEFAULT_CAPABILITIES;
 
 /// The kernel's limit on a seccomp program's length (`BPF_MAXINSNS`).
 const MAX_INSTRUCTIONS: usize = 4096;
