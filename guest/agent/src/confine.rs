@@ -218,7 +218,7 @@ impl Mode {
 }
 
 /// The filter as an OCI profile (compiled by rustjail's seccomp module, like containers').
-pub fn profile(mode: Mode) -> LinuxSeccomp {
+pub fn profile(mode: Mode) -> Result<LinuxSeccomp, String> {
     let default = match mode {
         Mode::Log => "SCMP_ACT_LOG",
         _ => "SCMP_ACT_ERRNO",
@@ -229,7 +229,7 @@ pub fn profile(mode: Mode) -> LinuxSeccomp {
         "architectures": ["SCMP_ARCH_X86_64"],
         "syscalls": [{"names": ALLOWED, "action": "SCMP_ACT_ALLOW"}],
     });
-    serde_json::from_value(v).unwrap_or_default()
+    serde_json::from_value(v).map_err(|e| format!("the agent's seccomp profile: {e}"))
 }
 
 /// Installs the filter on the calling thread (the agent's main thread, before its runtime
@@ -239,7 +239,7 @@ pub fn apply(mode: Mode) -> Result<(), String> {
         tracing::warn!("the agent runs without its seccomp filter ({MODE_KEY}=off)");
         return Ok(());
     }
-    let filter = rustjail::seccomp::Filter::compile(Some(&profile(mode)))
+    let filter = rustjail::seccomp::Filter::compile(Some(&profile(mode)?))
         .map_err(|e| format!("compiling the agent's seccomp filter: {e}"))?;
     filter
         .load()
@@ -267,7 +267,7 @@ mod tests {
     #[test]
     fn the_profile_compiles_and_every_name_is_known() {
         for mode in [Mode::Enforce, Mode::Log] {
-            rustjail::seccomp::Filter::compile(Some(&profile(mode))).unwrap();
+            rustjail::seccomp::Filter::compile(Some(&profile(mode).unwrap())).unwrap();
         }
         let mut names = ALLOWED.to_vec();
         names.sort_unstable();

@@ -41,15 +41,10 @@ pub fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
         // The thread is gone (it never exits): run here rather than fail.
         job();
     }
-    match done_rx.recv() {
-        Ok(v) => v,
-        Err(_) => unreachable_result(),
-    }
-}
-
-/// The job panicked on the launcher thread: there is no value to return.
-fn unreachable_result<T>() -> T {
-    panic!("a job on the launcher thread panicked")
+    // No value comes back only when the job panicked there: carry the panic over.
+    done_rx
+        .recv()
+        .unwrap_or_else(|_| panic!("a job on the launcher thread panicked"))
 }
 
 #[cfg(test)]

@@ -25,6 +25,8 @@ pub enum Mode {
         plan: Box<ContainerPlan>,
         /// The container's root directory (the agent's path, an overlay mount).
         rootfs: PathBuf,
+        /// Each of the plan's mounts' target, resolved inside `rootfs` by the agent.
+        targets: Vec<PathBuf>,
         /// Namespaces joined rather than made: the sandbox's, as /proc/PID/ns/NAME paths.
         joins: Vec<(Namespace, PathBuf)>,
     },

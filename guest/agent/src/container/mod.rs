@@ -501,7 +501,8 @@ impl Containers {
                 label.as_deref(),
             )?;
             // Mount destinations may not leave the root through the image's symlinks.
-            rustjail::jail::mount_targets(&plan, &rootfs).map_err(ContainerError::Invalid)?;
+            let targets =
+                rustjail::jail::mount_targets(&plan, &rootfs).map_err(ContainerError::Invalid)?;
             let program = resolve_program(&rootfs, &plan.process)?;
             if let Some(root) = &self.paths.cgroup_root {
                 let cg = cgroup.insert(Cgroup::create(root, id).map_err(cgroup_err(id))?);
@@ -515,6 +516,7 @@ impl Containers {
                 mode: Mode::Create {
                     plan: Box::new(plan.clone()),
                     rootfs: rootfs.clone(),
+                    targets,
                     joins,
                 },
                 program,
@@ -663,7 +665,11 @@ impl Containers {
 
     /// The namespaces of the running init `pid` that differ from the agent's, in the order an
     /// exec'd process joins them (user first, mount last).
-    fn init_namespaces(&self, pid: u32) -> Result<Vec<(Namespace, PathBuf)>, ContainerError> {
+    fn init_namespaces(
+        &self,
+        id: &str,
+        pid: u32,
+    ) -> Result<Vec<(Namespace, PathBuf)>, ContainerError> {
         use std::os::unix::fs::MetadataExt;
         let mut out = Vec::new();
         for ns in [
@@ -679,7 +685,7 @@ impl Containers {
             let ours = self.paths.proc.join(format!("self/ns/{}", ns.proc_name()));
             let (Ok(t), Ok(o)) = (std::fs::metadata(&theirs), std::fs::metadata(&ours)) else {
                 return Err(ContainerError::State {
-                    id: String::new(),
+                    id: id.into(),
                     what: format!("its init's {} namespace is gone", ns.proc_name()),
                 });
             };
@@ -738,13 +744,7 @@ impl Containers {
             what: "is not running any more".into(),
         })?;
         let program = resolve_program(&c.rootfs, p.plan())?;
-        let joins = self.init_namespaces(init).map_err(|e| match e {
-            ContainerError::State { what, .. } => ContainerError::State {
-                id: id.into(),
-                what,
-            },
-            other => other,
-        })?;
+        let joins = self.init_namespaces(id, init)?;
         let cfg = JailConfig {
             container_id: id.to_owned(),
             mode: Mode::Exec {

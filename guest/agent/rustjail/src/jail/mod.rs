@@ -102,28 +102,31 @@ fn joins(cfg: &JailConfig) -> &[(Namespace, PathBuf)] {
     }
 }
 
+/// Joins each namespace of `list`, in order.
+fn join<'a>(
+    sys: &mut impl Sys,
+    list: impl Iterator<Item = &'a (Namespace, PathBuf)>,
+) -> Result<(), String> {
+    for (ns, path) in list {
+        sys.setns(path, ns.flag()).map_err(|e| {
+            format!(
+                "joining the {} namespace {}: {e}",
+                ns.proc_name(),
+                path.display()
+            )
+        })?;
+    }
+    Ok(())
+}
+
 fn stage1(sys: &mut impl Sys, sock: &mut UnixStream, cfg: &JailConfig) -> Result<(), String> {
     if let Some(procs) = &cfg.cgroup_procs {
         sys.write_file(procs, "0")
             .map_err(|e| format!("joining the container's cgroup {}: {e}", procs.display()))?;
     }
-    let join = |sys: &mut dyn FnMut(&Path, libc::c_int) -> std::io::Result<()>,
-                list: &[(Namespace, PathBuf)],
-                user: bool| {
-        for (ns, path) in list.iter().filter(|(n, _)| (*n == Namespace::User) == user) {
-            sys(path, ns.flag()).map_err(|e| {
-                format!(
-                    "joining the {} namespace {}: {e}",
-                    ns.proc_name(),
-                    path.display()
-                )
-            })?;
-        }
-        Ok::<_, String>(())
-    };
     let list = joins(cfg);
     // The user namespace first: the others are owned by it.
-    join(&mut |p, t| sys.setns(p, t), list, true)?;
+    join(sys, list.iter().filter(|(n, _)| *n == Namespace::User))?;
     if let Mode::Create { plan, .. } = &cfg.mode {
         if plan.namespace(Namespace::User) == Some(NamespaceMode::New) {
             sys.unshare(libc::CLONE_NEWUSER)
@@ -144,13 +147,12 @@ fn stage1(sys: &mut impl Sys, sock: &mut UnixStream, cfg: &JailConfig) -> Result
         }
     }
     // The mount namespace last among the joined: it changes what /proc paths mean.
-    let (mnt, others): (Vec<_>, Vec<_>) = list
-        .iter()
-        .filter(|(n, _)| *n != Namespace::User)
-        .cloned()
-        .partition(|(n, _)| *n == Namespace::Mount);
-    join(&mut |p, t| sys.setns(p, t), &others, false)?;
-    join(&mut |p, t| sys.setns(p, t), &mnt, false)?;
+    join(
+        sys,
+        list.iter()
+            .filter(|(n, _)| !matches!(n, Namespace::User | Namespace::Mount)),
+    )?;
+    join(sys, list.iter().filter(|(n, _)| *n == Namespace::Mount))?;
     if let Mode::Create { plan, .. } = &cfg.mode {
         let mut flags = libc::CLONE_NEWNS;
         for (ns, mode) in &plan.namespaces {
@@ -210,9 +212,12 @@ fn stage2(
         Mode::Create {
             plan,
             rootfs,
+            targets,
             joins: _,
         } => {
-            let targets = mount_targets(plan, rootfs)?;
+            if targets.len() != plan.mounts.len() {
+                return Err("the agent sent a mount target per mount, not as many".into());
+            }
             let mount_label = cfg.selinux.then(|| {
                 plan.mount_label
                     .clone()
@@ -226,7 +231,7 @@ fn stage2(
             let setup = rootfs::Setup {
                 plan,
                 rootfs,
-                targets: &targets,
+                targets,
                 cgroup_dir: cgroup_dir.as_deref(),
                 mount_label: mount_label.as_deref(),
             };
@@ -238,15 +243,9 @@ fn stage2(
             };
             hooks::run_all("createContainer", &plan.hooks.create_container, &state)
                 .map_err(|e| e.to_string())?;
-            if !plan.process.cwd.as_os_str().is_empty() {
-                let cwd = rootfs.join(
-                    plan.process
-                        .cwd
-                        .strip_prefix("/")
-                        .unwrap_or(&plan.process.cwd),
-                );
-                let _ = sys.mkdir_all(&cwd);
-            }
+            // A missing cwd is made, as runc does (a failure shows at the chdir).
+            let cwd = &plan.process.cwd;
+            let _ = sys.mkdir_all(&rootfs.join(cwd.strip_prefix("/").unwrap_or(cwd)));
             rootfs::finish(sys, &setup)?;
             (
                 &plan.process,
@@ -328,7 +327,7 @@ fn stage2(
 }
 
 /// Each mount's target under `rootfs`, resolved inside it (symlinks of the image followed
-/// without leaving the root).
+/// without leaving the root). The agent resolves them once, before the jail starts.
 pub fn mount_targets(
     plan: &crate::spec::ContainerPlan,
     rootfs: &Path,
@@ -358,6 +357,7 @@ mod tests {
             mode: Mode::Create {
                 plan: Box::new(plan),
                 rootfs: "/r".into(),
+                targets: Vec::new(),
                 joins: vec![
                     (Namespace::Mount, "/proc/7/ns/mnt".into()),
                     (Namespace::Ipc, "/proc/7/ns/ipc".into()),
