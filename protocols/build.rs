@@ -9,6 +9,7 @@ use std::path::Path;
 const PROTOS: &[&str] = &[
     "proto/agent.proto",
     "proto/health.proto",
+    "proto/console.proto",
     "proto/containerd_cgroups_v2.proto",
 ];
 

@@ -12,6 +12,7 @@ GUEST_LIBDIR=/usr/lib/x86_64-linux-gnu
 HUSK="$HUSK_ROOT/target/debug/husk"
 HUSK_INIT="$HUSK_ROOT/target/$GUEST_TARGET/release/husk-init"
 HUSK_AGENT="$HUSK_ROOT/target/$GUEST_TARGET/release/husk-agent"
+HUSK_CONSOLE="$HUSK_ROOT/target/$GUEST_TARGET/release/husk-console"
 JOBS=${HUSK_JOBS:-$(nproc)}
 
 step() { printf '\n==> %s\n' "$*" >&2; }
@@ -59,7 +60,7 @@ build_kernel() {
 }
 
 build_husk() {
-    step "building husk (host), husk-init and husk-agent (static, for the guest)"
+    step "building husk (host), husk-init, husk-agent and husk-console (static, for the guest)"
     (cd "$HUSK_ROOT" && cargo build -j"$JOBS" --workspace --bins)
     # Guest binaries: statically linked, so the image needs no libc. RUSTFLAGS only reaches the
     # guest target because --target is explicit (build scripts and proc macros stay dynamic).
@@ -70,7 +71,7 @@ build_husk() {
     # selinux-probe: rustjail's SELinux labels in a real guest, for tests/tests/boot.rs.
     (cd "$HUSK_ROOT" && RUSTFLAGS="-C target-feature=+crt-static" SELINUX_STATIC=1 \
         LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH="$GUEST_LIBDIR" \
-        cargo build -j"$JOBS" --release -p husk-init -p husk-agent -p husk-rustjail \
+        cargo build -j"$JOBS" --release -p husk-init -p husk-agent -p husk-console -p husk-rustjail \
         --bins --example selinux-probe --target "$GUEST_TARGET")
 }
 
@@ -112,8 +113,8 @@ install_config() {
 
 build_images() {
     step "building guest images (default and debug)"
-    "$HUSK" image build --init "$HUSK_INIT" --agent "$HUSK_AGENT"
-    "$HUSK" image build --debug --init "$HUSK_INIT" --agent "$HUSK_AGENT"
+    "$HUSK" image build --init "$HUSK_INIT" --agent "$HUSK_AGENT" --console "$HUSK_CONSOLE"
+    "$HUSK" image build --debug --init "$HUSK_INIT" --agent "$HUSK_AGENT" --console "$HUSK_CONSOLE"
 }
 
 prepare_all() {

@@ -12,6 +12,11 @@ pub const LOG_LEVEL: &str = "husk.log";
 /// N instead of its own, so a test can check that the host refuses an agent of another major.
 pub const AGENT_CLAIM_MAJOR: &str = "husk.agent.claim_major";
 
+/// The guest console (`husk.console=1`): husk-init starts husk-console, which serves
+/// `husk.console.v1` on vsock port 1026. Off unless set; the host sets it with
+/// `agent.debug_console`. The debug image starts the console whatever this says.
+pub const CONSOLE: &str = "husk.console";
+
 /// The agent's own seccomp filter: `enforce` (default), `log` (log what it would refuse) or
 /// `off` (`husk.agent.seccomp=log`).
 pub const AGENT_SECCOMP: &str = "husk.agent.seccomp";

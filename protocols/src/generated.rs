@@ -26,3 +26,6 @@ pub mod health_ttrpc {
 pub mod containerd_cgroups_v2 {
     include!(concat!(env!("OUT_DIR"), "/containerd_cgroups_v2.rs"));
 }
+pub mod console {
+    include!(concat!(env!("OUT_DIR"), "/console.rs"));
+}

@@ -9,6 +9,8 @@
 pub mod agent;
 pub mod capabilities;
 pub mod cmdline;
+pub mod console;
+pub mod container_record;
 pub mod containerd;
 pub mod frame;
 mod generated;

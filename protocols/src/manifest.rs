@@ -69,6 +69,10 @@ pub struct ServiceSpec {
     /// Where the service's standard streams go.
     #[serde(default)]
     pub stdio: ServiceStdio,
+    /// A kernel command-line key that turns the service on (`husk.console`): with one, husk-init
+    /// starts the service only when the command line sets that key to `1`; without, always.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled_by: Option<String>,
 }
 
 /// Standard streams of a service.
@@ -83,6 +87,14 @@ pub enum ServiceStdio {
 }
 
 impl ServiceSpec {
+    /// Whether husk-init starts this service under kernel command line `cmdline`.
+    pub fn enabled(&self, cmdline: &str) -> bool {
+        match &self.enabled_by {
+            None => true,
+            Some(key) => crate::cmdline::lookup(cmdline, key) == Some("1"),
+        }
+    }
+
     /// Checks what init relies on: a usable name and an absolute program path.
     pub fn validate(&self) -> Result<(), String> {
         if self.name.is_empty()
@@ -117,7 +129,22 @@ mod tests {
             argv: argv.iter().map(|s| s.to_string()).collect(),
             env: vec![],
             stdio: ServiceStdio::Log,
+            enabled_by: None,
         }
+    }
+
+    #[test]
+    fn a_gated_service_needs_its_key() {
+        let mut s = svc("console", &["/usr/bin/husk-console"]);
+        assert!(s.enabled("quiet"));
+        s.enabled_by = Some(crate::cmdline::CONSOLE.into());
+        assert!(!s.enabled("quiet"));
+        assert!(!s.enabled("husk.console=0"));
+        assert!(s.enabled("quiet husk.console=1"));
+        assert!(
+            !s.enabled("husk.console=1 husk.console=0"),
+            "the last one wins"
+        );
     }
 
     #[test]

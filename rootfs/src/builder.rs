@@ -44,6 +44,8 @@ pub struct ImageSpec {
     pub init: PathBuf,
     /// Statically linked husk-agent.
     pub agent: PathBuf,
+    /// Statically linked husk-console (`husk exec`), started where the console is enabled.
+    pub console: PathBuf,
     /// Statically linked busybox (debug flavour only).
     pub busybox: PathBuf,
     /// Extra services, started after the flavour's own.
@@ -96,6 +98,11 @@ const AGENT_FIX: &str = "build it with `cargo build --release -p husk-agent --ta
 
 /// Where the agent lives in the image.
 pub const AGENT_PATH: &str = "/usr/bin/husk-agent";
+/// Where the console server lives in the image.
+pub const CONSOLE_PATH: &str = "/usr/bin/husk-console";
+/// The console's service name in the manifest (what `husk check` and the host look for).
+pub const CONSOLE_SERVICE: &str = "console";
+const CONSOLE_FIX: &str = "build it with `cargo build --release -p husk-console --target x86_64-unknown-linux-gnu` and RUSTFLAGS='-C target-feature=+crt-static'";
 const BUSYBOX_FIX: &str =
     "install Debian's busybox-static package (`apt-get install busybox-static`)";
 
@@ -201,6 +208,22 @@ fn agent_service() -> ServiceSpec {
         argv: vec![AGENT_PATH.into()],
         env: vec!["PATH=/usr/bin:/bin:/usr/sbin:/sbin".into()],
         stdio: ServiceStdio::Log,
+        enabled_by: None,
+    }
+}
+
+/// husk-console. In the default flavour it runs only when the host enables it
+/// (`husk.console=1`); the debug flavour always runs it.
+fn console_service(flavour: Flavour) -> ServiceSpec {
+    ServiceSpec {
+        name: CONSOLE_SERVICE.into(),
+        argv: vec![CONSOLE_PATH.into()],
+        env: vec!["PATH=/usr/bin:/bin:/usr/sbin:/sbin".into()],
+        stdio: ServiceStdio::Log,
+        enabled_by: match flavour {
+            Flavour::Default => Some(husk_protocols::cmdline::CONSOLE.into()),
+            Flavour::Debug => None,
+        },
     }
 }
 
@@ -215,6 +238,7 @@ fn debug_shell() -> ServiceSpec {
             "PS1=husk# ".into(),
         ],
         stdio: ServiceStdio::Console,
+        enabled_by: None,
     }
 }
 
@@ -261,6 +285,12 @@ pub fn build(spec: &ImageSpec) -> Result<BuildReport, ImageError> {
         component_version(&spec.agent, "husk-agent")?,
     );
     tree.file(AGENT_PATH, 0o755, agent);
+    let console = read_static("husk-console", &spec.console, CONSOLE_FIX)?;
+    components.insert(
+        "husk-console".into(),
+        component_version(&spec.console, "husk-console")?,
+    );
+    tree.file(CONSOLE_PATH, 0o755, console);
     // How the agent confines containers with seccomp (`husk check` shows it).
     if let Ok(line) = first_line(&spec.agent, &["--seccomp"]) {
         components.insert("seccomp".into(), line);
@@ -268,7 +298,7 @@ pub fn build(spec: &ImageSpec) -> Result<BuildReport, ImageError> {
     let selinux = add_selinux(&mut tree)?;
 
     // The agent first: it is what the host waits for.
-    let mut services = vec![agent_service()];
+    let mut services = vec![agent_service(), console_service(spec.flavour)];
     if spec.flavour == Flavour::Debug {
         add_busybox(&mut tree, &spec.busybox, &mut components)?;
         services.push(debug_shell());

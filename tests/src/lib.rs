@@ -160,6 +160,11 @@ pub fn agent_binary() -> PathBuf {
     guest_binary("husk-agent")
 }
 
+/// The statically linked husk-console the guest images carry.
+pub fn console_binary() -> PathBuf {
+    guest_binary("husk-console")
+}
+
 /// Asserts that a VM left nothing behind: its processes are gone and reaped (no `/proc/<pid>`,
 /// which also means their memfd guest memory is freed), no process mentions its run directory,
 /// the run directory (sockets) is removed, and this process holds no fd into it.

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use husk_e2e::{agent_binary, init_binary, manifest_of, Harness, SHUTDOWN_TIMEOUT};
+use husk_e2e::{agent_binary, console_binary, init_binary, manifest_of, Harness, SHUTDOWN_TIMEOUT};
 use husk_hypervisor::vsock::VsockError;
 use husk_hypervisor::VmError;
 use husk_image::{Flavour, ImageSpec};
@@ -59,7 +59,7 @@ fn debug_image_runs_commands_on_the_serial_console() {
     config.extra_cmdline.push("husk.hostname=e2e-host".into());
     let (mut vm, report) = h.boot_ready(&config);
     assert_eq!(report.init.flavour, "debug");
-    assert_eq!(report.init.services, ["agent", "console-shell"]);
+    assert_eq!(report.init.services, ["agent", "console", "console-shell"]);
 
     let answer = console_run(&vm, "echo \"R:$((6*7))\"", "R:");
     assert_eq!(answer.trim(), "R:42");
@@ -101,12 +101,14 @@ fn a_service_that_dies_is_restarted_with_back_off() {
         flavour: Flavour::Debug,
         init: init_binary(),
         agent: agent_binary(),
+        console: console_binary(),
         busybox: "/bin/busybox".into(),
         services: vec![ServiceSpec {
             name: "flaky".into(),
             argv: vec!["/bin/false".into()],
             env: vec![],
             stdio: ServiceStdio::Log,
+            enabled_by: None,
         }],
         output: image.clone(),
     })
@@ -496,7 +498,7 @@ fn selinux_off_on_the_command_line_boots_without_a_policy() {
     ));
     let (mut vm, report) = h.boot_ready(&config);
     assert_eq!(report.init.selinux, "off");
-    assert_eq!(report.init.services, ["agent", "console-shell"]);
+    assert_eq!(report.init.services, ["agent", "console", "console-shell"]);
     // No selinuxfs, and the kernel still names init by its initial SID: no policy is loaded.
     let state = console_run(
         &vm,

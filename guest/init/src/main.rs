@@ -129,7 +129,11 @@ fn run(cmdline_text: &str) -> anyhow::Result<Infallible> {
         .services
         .iter()
         .filter(|s| match s.validate() {
-            Ok(()) => true,
+            Ok(()) if s.enabled(cmdline_text) => true,
+            Ok(()) => {
+                tracing::info!(service = %s.name, key = ?s.enabled_by, "service not enabled on the kernel command line");
+                false
+            }
             Err(e) => {
                 tracing::error!("skipping service: {e}");
                 false

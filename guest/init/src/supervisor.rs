@@ -184,6 +184,7 @@ mod tests {
             argv: vec!["/x".into()],
             env: vec![],
             stdio: ServiceStdio::Log,
+            enabled_by: None,
         }
     }
 

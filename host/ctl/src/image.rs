@@ -29,6 +29,12 @@ pub struct BuildArgs {
         default_value = "target/x86_64-unknown-linux-gnu/release/husk-agent"
     )]
     agent: PathBuf,
+    /// Statically linked husk-console.
+    #[arg(
+        long,
+        default_value = "target/x86_64-unknown-linux-gnu/release/husk-console"
+    )]
+    console: PathBuf,
     /// Statically linked busybox for the debug flavour.
     #[arg(long, default_value = "/bin/busybox")]
     busybox: PathBuf,
@@ -49,6 +55,7 @@ fn parse_service(s: &str) -> anyhow::Result<ServiceSpec> {
         argv: cmd.split_whitespace().map(str::to_owned).collect(),
         env: vec!["PATH=/bin:/sbin:/usr/bin:/usr/sbin".into()],
         stdio: ServiceStdio::Log,
+        enabled_by: None,
     };
     spec.validate().map_err(anyhow::Error::msg)?;
     Ok(spec)
@@ -64,6 +71,7 @@ pub fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
         flavour,
         init: args.init.clone(),
         agent: args.agent.clone(),
+        console: args.console.clone(),
         busybox: args.busybox.clone(),
         services: args
             .services
