@@ -1,15 +1,18 @@
 //! The agent's record of each running container in the guest, read by husk-console to enter a
 //! container (`husk exec --container ID`).
 //!
-//! Owns the record's location and schema only. The agent writes one file per container in
-//! [`DIR`] (root-only) when its init process exists and removes it when the container is
-//! deleted; readers must treat the contents as possibly stale (check the process's start time)
+//! Owns the record's location and schema only. The agent keeps each container's files in
+//! `DIR/<id>/` (mounts included) and writes the record there, [`RECORD_FILE`], once its init
+//! process exists; it goes with the directory when the container is deleted; readers must treat the contents as possibly stale (check the process's start time)
 //! and the id as untrusted text.
 
 use serde::{Deserialize, Serialize};
 
-/// Where the records live in the guest (a tmpfs, mode 0700).
+/// The agent's per-container directories in the guest (a tmpfs, root-only).
 pub const DIR: &str = "/run/husk/containers";
+
+/// The record's file name inside a container's directory.
+pub const RECORD_FILE: &str = "record.json";
 
 /// One running container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,20 +32,15 @@ pub struct ContainerRecord {
     pub env: Vec<String>,
 }
 
-/// Whether `id` is usable as a record file name: 1-128 of `[A-Za-z0-9_.-]`, not starting with
-/// a dot (the OCI runtime's id rule, which also keeps it inside [`DIR`]).
+/// Whether `id` is a valid container id, and so a usable directory name inside [`DIR`]
+/// (the agent's rule: [`crate::agent::valid_id`]).
 pub fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && !id.starts_with('.')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    crate::agent::valid_id(id)
 }
 
 /// The record file of container `id`, if the id is valid.
 pub fn path_for(id: &str) -> Option<std::path::PathBuf> {
-    valid_id(id).then(|| std::path::Path::new(DIR).join(format!("{id}.json")))
+    valid_id(id).then(|| std::path::Path::new(DIR).join(id).join(RECORD_FILE))
 }
 
 /// The start time of `pid` from the text of its `/proc/<pid>/stat`, if it parses.
@@ -60,13 +58,15 @@ mod tests {
     #[test]
     fn ids_stay_in_the_directory() {
         assert!(valid_id("abc-1.2_3"));
-        for bad in ["", "..", ".hidden", "a/b", "../x", "a b", &"x".repeat(129)] {
+        for bad in ["", "..", ".hidden", "a/b", "../x", "a b", &"x".repeat(4096)] {
             assert!(!valid_id(bad), "{bad:?}");
             assert_eq!(path_for(bad), None);
         }
         assert_eq!(
             path_for("c1"),
-            Some(std::path::PathBuf::from("/run/husk/containers/c1.json"))
+            Some(std::path::PathBuf::from(
+                "/run/husk/containers/c1/record.json"
+            ))
         );
     }
 

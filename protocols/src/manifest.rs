@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 /// Where the manifest lives inside the guest image.
 pub const MANIFEST_PATH: &str = "/etc/husk/manifest.json";
 
+/// The name of husk-console's service in a manifest: the host reads a VM's console from it.
+pub const CONSOLE_SERVICE: &str = "console";
+
 /// Current manifest schema version.
 pub const SCHEMA: u32 = 1;
 

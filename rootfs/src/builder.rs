@@ -100,8 +100,7 @@ const AGENT_FIX: &str = "build it with `cargo build --release -p husk-agent --ta
 pub const AGENT_PATH: &str = "/usr/bin/husk-agent";
 /// Where the console server lives in the image.
 pub const CONSOLE_PATH: &str = "/usr/bin/husk-console";
-/// The console's service name in the manifest (what `husk check` and the host look for).
-pub const CONSOLE_SERVICE: &str = "console";
+pub use husk_protocols::manifest::CONSOLE_SERVICE;
 const CONSOLE_FIX: &str = "build it with `cargo build --release -p husk-console --target x86_64-unknown-linux-gnu` and RUSTFLAGS='-C target-feature=+crt-static'";
 const BUSYBOX_FIX: &str =
     "install Debian's busybox-static package (`apt-get install busybox-static`)";

@@ -30,6 +30,8 @@ pub struct Containerd {
     socket: PathBuf,
     run_root: PathBuf,
     log_root: PathBuf,
+    /// Where the shim records its pods (`husk ps`, `husk exec`).
+    state_dir: PathBuf,
     child: Option<Child>,
 }
 
@@ -83,6 +85,7 @@ impl Containerd {
             socket,
             run_root: h.run_root(),
             log_root: h.log_root(),
+            state_dir: h.state_dir(),
             child: None,
         };
         cd.spawn();
@@ -109,6 +112,7 @@ impl Containerd {
             .env("PATH", path)
             .env(husk_hypervisor::artifacts::RUN_ROOT_ENV, &self.run_root)
             .env(husk_hypervisor::artifacts::LOG_ROOT_ENV, &self.log_root)
+            .env("HUSK_STATE_DIR", &self.state_dir)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

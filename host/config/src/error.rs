@@ -43,6 +43,14 @@ impl Origin {
 /// A configuration that cannot be used. The first problem found is reported.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// A pod annotation husk reads has a value it cannot take.
+    #[error("annotation {key}={value:?}: expected {expected}")]
+    Annotation {
+        key: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+
     /// A configuration file that must exist does not.
     #[error("configuration file {} ({origin}) does not exist; {}", path.display(), origin.fix())]
     Missing { path: PathBuf, origin: Origin },

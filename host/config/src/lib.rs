@@ -8,6 +8,7 @@
 //! unknown key, a wrong type or a value out of range is an error naming the file and the key,
 //! never silently ignored or clamped.
 
+mod annotations;
 mod error;
 mod load;
 mod schema;
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use annotations::{DEBUG_CONSOLE_ANNOTATION, IMAGE_ANNOTATION};
 pub use error::{ConfigError, Origin};
 
 /// The base configuration file when neither `--config` nor [`CONFIG_ENV`] names one.
@@ -124,7 +126,8 @@ pub struct HypervisorConfig {
 /// `[agent]`: the guest agent and how long the host waits for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AgentConfig {
-    /// `debug_console`: boot the debug image (busybox and a shell on the serial console).
+    /// `debug_console`: run husk-console in the guest (`husk exec`; `husk.console=1` on the
+    /// kernel command line), and boot the debug image unless `hypervisor.image` is set.
     pub debug_console: bool,
     /// `tracing`: the guest's trace forwarder sends the agent's spans to the host.
     pub tracing: bool,
@@ -175,6 +178,8 @@ pub enum Source {
     Env(&'static str),
     /// Set in this file.
     File(PathBuf),
+    /// Set for one pod by this annotation.
+    Annotation(&'static str),
 }
 
 impl fmt::Display for Source {
@@ -183,6 +188,7 @@ impl fmt::Display for Source {
             Source::Default => f.write_str("default"),
             Source::Env(var) => write!(f, "env {var}"),
             Source::File(path) => write!(f, "{}", path.display()),
+            Source::Annotation(key) => write!(f, "annotation {key}"),
         }
     }
 }
@@ -225,6 +231,9 @@ pub struct Config {
     /// The files read, in the order they were applied.
     #[serde(skip)]
     pub files: Vec<PathBuf>,
+    /// The artifact root images are named under (`$HUSK_HOME`).
+    #[serde(skip)]
+    pub home: PathBuf,
 }
 
 impl Config {
@@ -288,15 +297,19 @@ impl Config {
             sources,
             base: PathBuf::new(),
             files: Vec::new(),
+            home: home.to_owned(),
         }
     }
 
     /// The kernel command-line words every VM gets: the guest's log level
-    /// (`agent.log_level`), SELinux off when `agent.selinux` is false, then
+    /// (`agent.log_level`), the console when `agent.debug_console` is on, SELinux off when `agent.selinux` is false, then
     /// `hypervisor.kernel_params` (last, so they win).
     pub fn kernel_params(&self) -> Vec<String> {
         use husk_protocols::cmdline;
         let mut words = vec![format!("{}={}", cmdline::LOG_LEVEL, self.agent.log_level)];
+        if self.agent.debug_console {
+            words.push(format!("{}=1", cmdline::CONSOLE));
+        }
         if !self.agent.selinux {
             words.push(format!("{}={}", cmdline::SELINUX, cmdline::SELINUX_OFF));
         }

@@ -169,6 +169,10 @@ pub(crate) fn load(base: &Path, origin: Origin, env: Env<'_>) -> Result<Config, 
         }
         config.sources.insert(spec.key(), source);
     }
+    // An image given by name lives under the artifact root.
+    if config.hypervisor.image.is_relative() {
+        config.hypervisor.image = image_named(&home, &config.hypervisor.image.to_string_lossy());
+    }
     // The debug console lives in the debug image: it is the default image when asked for.
     let image_from_file = matches!(
         config.sources.get("hypervisor.image"),
@@ -179,6 +183,7 @@ pub(crate) fn load(base: &Path, origin: Origin, env: Env<'_>) -> Result<Config, 
     }
     config.base = base.to_owned();
     config.files = files;
+    config.home = home;
     Ok(config)
 }
 
@@ -189,8 +194,12 @@ pub(crate) fn kernel_in(home: &Path) -> PathBuf {
 
 /// The guest image under an artifact root (as `husk_hypervisor::artifacts::image`).
 pub(crate) fn image_in(home: &Path, debug: bool) -> PathBuf {
-    let flavour = if debug { "debug" } else { "default" };
-    home.join("images").join(format!("{flavour}.cpio"))
+    image_named(home, if debug { "debug" } else { "default" })
+}
+
+/// The image called `name` under an artifact root.
+pub(crate) fn image_named(home: &Path, name: &str) -> PathBuf {
+    home.join("images").join(format!("{name}.cpio"))
 }
 
 fn path_value(p: &Path) -> Value {

@@ -71,8 +71,9 @@ pub(crate) static KEYS: &[KeySpec] = &[
         section: "hypervisor",
         name: "image",
         kind: Kind::Str,
-        expected: "an absolute path",
-        apply: |c, v| set(&mut c.hypervisor.image, absolute(v)),
+        expected:
+            "an absolute path, or the name of an image in $HUSK_HOME/images (`default`, `debug`)",
+        apply: |c, v| set(&mut c.hypervisor.image, absolute_or_image_name(v)),
         get: |c| path_value(&c.hypervisor.image),
     },
     KeySpec {
@@ -212,6 +213,16 @@ fn absolute(v: &Value) -> Option<PathBuf> {
         .map(Path::new)
         .filter(|p| p.is_absolute())
         .map(Path::to_path_buf)
+}
+
+/// An absolute path, or an image name kept relative for [`crate::load`] to place under the
+/// artifact root.
+fn absolute_or_image_name(v: &Value) -> Option<PathBuf> {
+    absolute(v).or_else(|| {
+        v.as_str()
+            .filter(|s| crate::annotations::valid_image_name(s))
+            .map(PathBuf::from)
+    })
 }
 
 fn int_in<T: TryFrom<i64>>(v: &Value, lo: i64, hi: i64) -> Option<T> {

@@ -451,6 +451,64 @@ fn debug_console_picks_the_debug_image_unless_one_is_set() {
 }
 
 #[test]
+fn the_console_is_on_the_command_line_and_images_go_by_name() {
+    let d = Dir::new();
+    d.write("config.toml", "[hypervisor]\nimage = \"debug\"\n");
+    let c = d.load_env(&[("HUSK_HOME", "/h")]).unwrap();
+    assert_eq!(c.hypervisor.image, Path::new("/h/images/debug.cpio"));
+    assert!(!c
+        .kernel_params()
+        .iter()
+        .any(|w| w.starts_with("husk.console")));
+    d.write("config.toml", "[agent]\ndebug_console = true\n");
+    let c = d.load().unwrap();
+    assert!(c.kernel_params().contains(&"husk.console=1".to_owned()));
+    d.write("config.toml", "[hypervisor]\nimage = \"../x\"\n");
+    let msg = d.load().unwrap_err().to_string();
+    assert!(msg.contains("the name of an image"), "{msg}");
+}
+
+#[test]
+fn pod_annotations_pick_the_image_and_the_console() {
+    let d = Dir::new();
+    let c = d.load_env(&[("HUSK_HOME", "/h")]).unwrap();
+    let ann = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    let pod = c
+        .with_annotations(&ann(&[(crate::IMAGE_ANNOTATION, "debug"), ("other", "x")]))
+        .unwrap();
+    assert_eq!(pod.hypervisor.image, Path::new("/h/images/debug.cpio"));
+    assert_eq!(
+        pod.source("hypervisor.image").map(ToString::to_string),
+        Some("annotation io.husk.image".into())
+    );
+    let pod = c
+        .with_annotations(&ann(&[(crate::DEBUG_CONSOLE_ANNOTATION, "true")]))
+        .unwrap();
+    assert!(pod.agent.debug_console);
+    assert_eq!(pod.hypervisor.image, Path::new("/h/images/debug.cpio"));
+    let pod = c
+        .with_annotations(&ann(&[
+            (crate::DEBUG_CONSOLE_ANNOTATION, "true"),
+            (crate::IMAGE_ANNOTATION, "default"),
+        ]))
+        .unwrap();
+    assert_eq!(pod.hypervisor.image, Path::new("/h/images/default.cpio"));
+    assert!(pod.kernel_params().contains(&"husk.console=1".to_owned()));
+    for (k, v) in [
+        (crate::IMAGE_ANNOTATION, "/etc/shadow"),
+        (crate::DEBUG_CONSOLE_ANNOTATION, "yes"),
+    ] {
+        let e = c.with_annotations(&ann(&[(k, v)])).unwrap_err().to_string();
+        assert!(e.contains(k) && e.contains("expected"), "{e}");
+    }
+}
+
+#[test]
 fn entries_read_back_as_the_same_configuration() {
     let d = Dir::new();
     d.write(

@@ -199,7 +199,14 @@ pub(crate) fn stdout_throughput(hv: &dyn Hypervisor, rootfs: &Path) -> anyhow::R
         &[],
         "bench",
     )?;
-    let o = execute(hv, &husk_cfg(rootfs), &spec_dd, Io::Discard, TIMEOUT)?;
+    let o = execute(
+        hv,
+        &husk_cfg(rootfs),
+        &spec_dd,
+        Io::Discard,
+        TIMEOUT,
+        &|_| {},
+    )?;
     if o.code != 0 {
         bail!("dd in the container exited {}", o.code);
     }
@@ -244,7 +251,14 @@ fn measure(args: &RunBenchArgs, hv: &dyn Hypervisor, scratch: &Path) -> anyhow::
             args.runs
         );
         let t = Instant::now();
-        let o = execute(hv, &husk_cfg(&rootfs), &spec_true, Io::Discard, TIMEOUT)?;
+        let o = execute(
+            hv,
+            &husk_cfg(&rootfs),
+            &spec_true,
+            Io::Discard,
+            TIMEOUT,
+            &|_| {},
+        )?;
         husk.push(t.elapsed());
         if o.code != 0 {
             bail!("husk run true exited {}", o.code);

@@ -1,5 +1,5 @@
 //! `husk`: the command-line tool. Checks whether this host can run husk, builds guest images,
-//! boots VMs and benchmarks them.
+//! boots VMs, runs containers, opens sessions in running sandboxes and benchmarks them.
 //!
 //! This file owns argument parsing, logging set-up and exit codes. Each subcommand lives in its
 //! own module and must never call `std::process::exit` itself.
@@ -9,12 +9,13 @@ mod bench_run;
 mod bench_vmm;
 mod bench_vsock;
 mod check;
+mod console_session;
 mod env;
+mod exec;
 mod exit;
 mod image;
 mod ps;
 mod run;
-mod state;
 mod table;
 mod terminal;
 mod vm;
@@ -49,12 +50,20 @@ enum Command {
     },
     /// Run a command from an image in a fresh VM; its exit code becomes husk's.
     Run(Box<run::RunArgs>),
-    /// List running sandboxes.
+    /// List running sandboxes (from `husk run` and from containerd).
     Ps {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Configuration file (for the state directory).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
+    /// Run a command (or a shell) in a running sandbox's guest, through its console; the
+    /// remote exit code becomes husk's.
+    Exec(Box<exec::ExecArgs>),
+    /// An interactive shell in a running sandbox's guest (`husk exec -t -i SANDBOX`).
+    Console(exec::ConsoleArgs),
     /// Print the effective configuration: every key, its value and where it came from.
     Env(env::EnvArgs),
     /// Guest VMs.
@@ -164,7 +173,9 @@ fn main() -> ExitCode {
                 })
             }
         }),
-        Command::Ps { json } => ps::run(json),
+        Command::Ps { json, config } => ps::run(json, config.as_deref()),
+        Command::Exec(args) => exec::run(&args),
+        Command::Console(args) => exec::run(&exec::ExecArgs::from(&args)),
         Command::Env(args) => env::run(&args),
         Command::Vm(VmCommand::Boot { boot, json }) => vm::boot(&boot, json),
         Command::Image(ImageCommand::Build(args)) => image::build(&args),

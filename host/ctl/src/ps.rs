@@ -1,10 +1,9 @@
 //! `husk ps`: the running sandboxes, as an aligned table or JSON.
 //!
-//! Owns presentation only; the records come from [`crate::state`].
+//! Owns presentation only; the records come from [`husk_state`].
 
+use std::path::Path;
 use std::process::ExitCode;
-
-use crate::state;
 
 fn age(created: u64) -> String {
     let now = std::time::SystemTime::now()
@@ -19,13 +18,14 @@ fn age(created: u64) -> String {
     }
 }
 
-pub fn run(json: bool) -> anyhow::Result<ExitCode> {
-    let records = state::list();
+pub fn run(json: bool, config: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let config = husk_config::Config::load(config)?;
+    let records = husk_state::list(&config.runtime.state_dir);
     if json {
         println!("{}", serde_json::to_string_pretty(&records)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let rows: Vec<[String; 6]> = records
+    let rows: Vec<[String; 9]> = records
         .iter()
         .map(|r| {
             [
@@ -34,11 +34,17 @@ pub fn run(json: bool) -> anyhow::Result<ExitCode> {
                 r.image.clone(),
                 r.command.join(" "),
                 age(r.created),
+                r.status().to_owned(),
+                r.origin.name().to_owned(),
+                if r.console { "yes" } else { "no" }.to_owned(),
                 r.backend.clone(),
             ]
         })
         .collect();
-    let header = ["ID", "NAME", "IMAGE", "COMMAND", "AGE", "BACK END"].map(str::to_owned);
+    let header = [
+        "ID", "NAME", "IMAGE", "COMMAND", "AGE", "STATUS", "FROM", "CONSOLE", "BACK END",
+    ]
+    .map(str::to_owned);
     let mut widths = header.clone().map(|h| h.chars().count());
     for row in &rows {
         for (w, c) in widths.iter_mut().zip(row) {

@@ -8,7 +8,7 @@
 //! output streams to end before it exits).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -18,10 +18,12 @@ use husk_hypervisor::config::Share;
 use husk_hypervisor::{Hypervisor, VmConfig};
 use husk_protocols::stdio::StreamKind;
 
-use crate::{state, terminal, vm, BootArgs};
+use crate::{terminal, vm, BootArgs};
 
 /// husk's own failure (as `docker run`): the container never ran.
 pub const RUN_FAILED: u8 = 125;
+/// The id of the one container `husk run` makes (`husk exec --container main`).
+pub const CONTAINER_ID: &str = "main";
 /// The command could not be found in the image.
 pub const COMMAND_NOT_FOUND: u8 = 127;
 
@@ -232,7 +234,7 @@ pub fn command_for(given: &[String], image: &husk_oci::RunConfig) -> Vec<String>
 }
 
 /// Resolves an image's `User` (`uid[:gid]`, or names from the rootfs' /etc/passwd and /etc/group).
-fn resolve_user(user: &str, rootfs: &std::path::Path) -> anyhow::Result<(u32, u32)> {
+fn resolve_user(user: &str, rootfs: &Path) -> anyhow::Result<(u32, u32)> {
     let lookup = |file: &str, name: &str, field: usize| -> Option<u32> {
         std::fs::read_to_string(rootfs.join(file))
             .ok()?
@@ -271,7 +273,7 @@ pub fn spec_for_image(
     image: &husk_oci::RunConfig,
     extra_env: &[String],
     hostname: &str,
-    rootfs: &std::path::Path,
+    rootfs: &Path,
     terminal: bool,
     flags: &SpecArgs,
 ) -> anyhow::Result<String> {
@@ -439,25 +441,39 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         args.tty,
         &args.security,
     )?;
-    let _record = state::register(&state::Record {
-        id: cfg.id.clone(),
-        name: name.clone(),
-        image: args.container_image.display().to_string(),
-        command: command.clone(),
-        pid: std::process::id(),
-        created: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-        backend: hv.describe(),
-    })
+    let record = husk_state::register(
+        &resolved.state_dir,
+        &husk_state::Record {
+            id: cfg.id.clone(),
+            name: name.clone(),
+            image: args.container_image.display().to_string(),
+            command: command.clone(),
+            pid: std::process::id(),
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            backend: hv.describe(),
+            origin: husk_state::Origin::Run,
+            vsock: None,
+            console: husk_state::console_enabled(&cfg.initrd, &cfg.extra_cmdline),
+            guest_image: cfg.initrd.clone(),
+            containers: vec![CONTAINER_ID.into()],
+        },
+    )
     .context("recording the sandbox in the state directory")?;
 
     let io = Io::Terminal {
         stdin: args.interactive,
         tty: args.tty,
     };
-    let outcome = execute(hv.as_ref(), &cfg, &spec, io, resolved.timeout)?;
+    // Once the guest is up, `husk exec` can reach it.
+    let on_ready = |vsock: &Path| {
+        if let Err(e) = record.update(|r| r.vsock = Some(vsock.to_owned())) {
+            tracing::warn!(error = %e, "recording the sandbox's vsock socket");
+        }
+    };
+    let outcome = execute(hv.as_ref(), &cfg, &spec, io, resolved.timeout, &on_ready)?;
     let code = outcome.code;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(RUN_FAILED)))
 }
@@ -496,6 +512,7 @@ pub fn execute(
     spec: &str,
     io: Io,
     timeout: Duration,
+    on_ready: &dyn Fn(&Path),
 ) -> anyhow::Result<Outcome> {
     let mut vm = hv.boot(cfg).context("booting the VM")?;
     vm.wait_ready(timeout).context("waiting for the guest")?;
@@ -505,10 +522,11 @@ pub fn execute(
         ..Timings::default()
     };
     let vsock = vm.vsock_path().to_owned();
+    on_ready(&vsock);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let id = "main";
+    let id = CONTAINER_ID;
     let (stdin, tty) = match io {
         Io::Terminal { stdin, tty } => (stdin, tty),
         Io::Discard => (false, false),

@@ -27,6 +27,8 @@ pub struct Resolved {
     pub backend: BackendChoice,
     /// How long to wait for the guest, and for the agent.
     pub timeout: Duration,
+    /// Where running sandboxes are recorded (`runtime.state_dir`).
+    pub state_dir: std::path::PathBuf,
 }
 
 /// Resolves these arguments against husk's configuration (`--config`, `$HUSK_CONFIG`,
@@ -58,6 +60,7 @@ pub fn resolve_with(args: &BootArgs, config: &husk_config::Config) -> Resolved {
         vm,
         backend: args.backend.unwrap_or(hv.backend.into()),
         timeout: Duration::from_secs(args.timeout.unwrap_or(config.agent.ready_timeout_secs)),
+        state_dir: config.runtime.state_dir.clone(),
     }
 }
 

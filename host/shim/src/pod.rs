@@ -40,6 +40,8 @@ pub struct Pod {
     network: Option<network::Record>,
     stop: std::sync::Mutex<Option<mpsc::Sender<()>>>,
     keeper: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The pod's record in the state directory (`husk ps`, `husk exec`), removed at shutdown.
+    record: std::sync::Mutex<Option<husk_state::Registered>>,
 }
 
 impl std::fmt::Debug for Pod {
@@ -191,6 +193,31 @@ impl Pod {
             .await
             .context("creating the sandbox in the guest")?;
         tracing::info!(vm = %booted.id, sandbox = sandbox_id, "pod VM ready");
+        let record = husk_state::register(
+            &config.runtime.state_dir,
+            &husk_state::Record {
+                id: sandbox_id.to_owned(),
+                name: sandbox_id.to_owned(),
+                image: "(containerd pod)".into(),
+                command: Vec::new(),
+                pid: std::process::id(),
+                created: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+                backend: config.hypervisor.backend.name().to_owned(),
+                origin: husk_state::Origin::Shim,
+                vsock: Some(booted.vsock.clone()),
+                console: husk_state::console_enabled(
+                    &config.hypervisor.image,
+                    &config.kernel_params(),
+                ),
+                guest_image: config.hypervisor.image.clone(),
+                containers: Vec::new(),
+            },
+        )
+        .map_err(|e| tracing::warn!(error = %e, "the pod is not in the state directory"))
+        .ok();
         Ok(Self {
             agent,
             vsock: booted.vsock,
@@ -202,6 +229,7 @@ impl Pod {
             network: net.map(|n| n.record),
             stop: std::sync::Mutex::new(Some(stop_tx)),
             keeper: std::sync::Mutex::new(Some(keeper)),
+            record: std::sync::Mutex::new(record),
         })
     }
 
@@ -246,7 +274,29 @@ impl Pod {
 
     /// Shuts the VM down and waits for it (its run directory removed); a second call waits
     /// for nothing.
+    /// Adds (`present`) or removes a container id in the pod's record.
+    pub fn note_container(&self, id: &str, present: bool) {
+        if let Some(r) = self
+            .record
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            let updated = r.update(|rec| {
+                rec.containers.retain(|c| c != id);
+                if present {
+                    rec.containers.push(id.to_owned());
+                }
+            });
+            if let Err(e) = updated {
+                tracing::warn!(error = %e, "updating the pod's record");
+            }
+        }
+    }
+
     pub async fn shutdown(&self) {
+        // Not reachable any more from here on.
+        drop(self.record.lock().unwrap_or_else(|p| p.into_inner()).take());
         if let Some(stop) = self.stop.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = stop.send(());
         }

@@ -113,6 +113,18 @@ impl Container {
     }
 }
 
+/// The string annotations of an OCI spec (others are ignored).
+fn annotations(spec: &serde_json::Value) -> HashMap<String, String> {
+    spec["annotations"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn status(code: Code, msg: impl Into<String>) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg.into()))
 }
@@ -298,8 +310,10 @@ impl TaskService {
                 Some(p) => p.clone(),
                 None => {
                     let netns = crate::network::netns_path(&spec);
+                    // The pod's annotations may pick its guest image and console.
+                    let config = config.with_annotations(&annotations(&spec))?;
                     let pod = Arc::new(
-                        Pod::boot(config, &bundle.join("shared"), &sandbox, netns.as_deref())
+                        Pod::boot(&config, &bundle.join("shared"), &sandbox, netns.as_deref())
                             .await?,
                     );
                     *slot = Some(pod.clone());
@@ -345,6 +359,7 @@ impl TaskService {
         *init.pid.lock().unwrap_or_else(|p| p.into_inner()) =
             // The hypervisor's pid, or the shim's own when the VM runs in it (as Kata reports).
             pod.vm_pids.first().copied().unwrap_or_else(std::process::id);
+        pod.note_container(&req.id, true);
         Ok(Arc::new(Container {
             id: req.id.clone(),
             bundle,
@@ -560,6 +575,7 @@ impl Task for TaskService {
                 if let Err(e) = pod.agent.remove_container(&c.id).await {
                     tracing::warn!(task = %c.id, error = %e, "removing the container in the guest");
                 }
+                pod.note_container(&c.id, false);
             }
             if let Some(dir) = c.rootfs.parent() {
                 rootfs::unmount_container(dir);

@@ -29,8 +29,9 @@ use rustjail::spec::{self, ContainerPlan, ProcessPlan};
 use rustjail::spec::{Namespace, NamespaceMode};
 use rustjail::sync::{JailConfig, Mode};
 
-/// Where container directories live in the guest.
-pub const CONTAINERS_DIR: &str = "/run/husk/containers";
+/// Where container directories live in the guest (each holds its mounts and the record the
+/// console reads, [`husk_protocols::container_record`]).
+pub const CONTAINERS_DIR: &str = husk_protocols::container_record::DIR;
 /// The PATH used to find `args[0]` when the spec's environment has none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// How long RemoveContainer waits for killed processes.
@@ -538,6 +539,7 @@ impl Containers {
                     }
                 })?;
             init.spawned(pid);
+            self.write_record(id, pid, &plan.process);
             Ok::<_, ContainerError>((rootfs, init, created))
         })();
         let (rootfs, init, created) = match made {
@@ -566,6 +568,41 @@ impl Containers {
         self.all().insert(id.to_owned(), c);
         tracing::info!(container = id, "container created");
         Ok(())
+    }
+
+    /// Records the container's init for husk-console (`husk exec --container`), beside its
+    /// mounts; it goes with the directory. A failure only costs the console its way in.
+    fn write_record(&self, id: &str, pid: u32, process: &ProcessPlan) {
+        use husk_protocols::container_record::{
+            start_time_from_stat, ContainerRecord, RECORD_FILE,
+        };
+        let stat = std::fs::read_to_string(self.paths.proc.join(format!("{pid}/stat")));
+        let Some(start_time) = stat.ok().as_deref().and_then(start_time_from_stat) else {
+            tracing::warn!(
+                container = id,
+                pid,
+                "cannot read the init's start time: no console record"
+            );
+            return;
+        };
+        let record = ContainerRecord {
+            id: id.to_owned(),
+            pid: pid as i32,
+            start_time,
+            cwd: process.cwd.to_string_lossy().into_owned(),
+            env: process.env.clone(),
+        };
+        let dir = self.paths.containers.join(id);
+        let written = serde_json::to_vec(&record)
+            .map_err(std::io::Error::other)
+            .and_then(|json| {
+                let tmp = dir.join(format!(".{RECORD_FILE}.tmp"));
+                std::fs::write(&tmp, json)?;
+                std::fs::rename(&tmp, dir.join(RECORD_FILE))
+            });
+        if let Err(e) = written {
+            tracing::warn!(container = id, error = %e, "cannot write the console record");
+        }
     }
 
     /// Forwards the container's OOM kills to GetOOMEvent until it is removed.
