@@ -27,10 +27,11 @@ install_packages() {
     # network namespaces (the tests make them as CNI would); iputils-ping: the host end pings
     # a pod. SELinux: secilc compiles the guest's policy at image build; clang and libclang-dev
     # (bindgen), libselinux1-dev and libpcre2-dev (the static libselinux.a and what it calls)
-    # build the selinux crate the agent links statically.
+    # build the selinux crate the agent links statically. tmux: a real terminal for the
+    # `husk exec -t` tests.
     local want=(qemu-system-x86 busybox-static gcc libc6-dev libcap-ng-dev libseccomp-dev runc
         containerd bsdutils iproute2 iputils-ping secilc clang libclang-dev libselinux1-dev
-        libpcre2-dev) missing=()
+        libpcre2-dev tmux) missing=()
     for p in "${want[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
     done
