@@ -166,3 +166,106 @@ fn refuse_busy(mut conn: std::os::unix::net::UnixStream, max: usize) {
     let _ = husk_protocols::console::write_frame(&mut conn, &busy.frame());
     let _ = conn.shutdown(std::net::Shutdown::Both);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::tests::{open, outcome, rest, send};
+    use husk_protocols::console::{
+        client, client_frame, read_frame, server_frame, ErrorKind, ServerFrame,
+    };
+    use std::os::unix::net::UnixStream;
+
+    /// A server on a Unix socket in a fresh directory (its thread runs until the test ends).
+    fn server(max: usize) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.sock");
+        let listener = Listener::bind(&Address::Unix(path.clone())).unwrap();
+        std::thread::spawn(move || serve(&listener, &Config::default(), max));
+        (dir, path)
+    }
+
+    #[test]
+    fn concurrent_sessions_each_get_their_own_output() {
+        let (_dir, path) = server(MAX_SESSIONS);
+        let clients: Vec<_> = (0..10)
+            .map(|i| {
+                let mut c = UnixStream::connect(&path).unwrap();
+                let mut o = open(&["sh", "-c", "echo session-$N; exit $N"], false);
+                o.env = vec![format!("N={i}")];
+                send(&mut c, client_frame::Frame::Open(o));
+                (i, c)
+            })
+            .collect();
+        let threads: Vec<_> = clients
+            .into_iter()
+            .map(|(i, mut c)| {
+                std::thread::spawn(move || {
+                    let frames = rest(&mut c);
+                    assert!(matches!(frames[0], server_frame::Frame::Started(_)));
+                    let (out, _, exit) = outcome(&frames[1..]);
+                    assert_eq!(out, format!("session-{i}\n").as_bytes());
+                    assert_eq!(exit.code, i);
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn one_session_too_many_is_told_busy() {
+        let (_dir, path) = server(1);
+        let mut first = UnixStream::connect(&path).unwrap();
+        send(&mut first, client_frame::Frame::Open(open(&["cat"], false)));
+        let f: ServerFrame = read_frame(&mut first).unwrap();
+        assert!(matches!(f.frame, Some(server_frame::Frame::Started(_))));
+        let mut second = UnixStream::connect(&path).unwrap();
+        match rest(&mut second).as_slice() {
+            [server_frame::Frame::Error(e)] => assert_eq!(e.kind.enum_value(), Ok(ErrorKind::BUSY)),
+            other => panic!("expected BUSY, got {other:?}"),
+        }
+        // The first session is unaffected, and its slot comes back when it ends.
+        send(
+            &mut first,
+            client_frame::Frame::Stdin(husk_protocols::console::data(b"x")),
+        );
+        send(
+            &mut first,
+            client_frame::Frame::StdinEof(husk_protocols::console::StdinEof::new()),
+        );
+        let (out, _, exit) = outcome(&rest(&mut first));
+        assert_eq!((out.as_slice(), exit.code), (&b"x"[..], 0));
+        // The slot is given back once the session's thread ends, just after its last frame.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut third = UnixStream::connect(&path).unwrap();
+            // A refused connection may be closed before the open frame is written.
+            let o = client_frame::Frame::Open(open(&["true"], false));
+            let _ = husk_protocols::console::write_frame(&mut third, &client(o));
+            let frames = rest(&mut third);
+            if matches!(frames[0], server_frame::Frame::Started(_)) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the slot never came back"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn arguments() {
+        let args = |a: &[&str]| parse_args(&a.iter().map(OsString::from).collect::<Vec<_>>());
+        let (address, config) = args(&[]).unwrap();
+        assert_eq!(address, Address::Vsock(husk_protocols::ports::CONSOLE_PORT));
+        assert_eq!(config.exe, std::path::Path::new("/proc/self/exe"));
+        let (address, config) = args(&["--listen", "unix:/x.sock", "--containers", "/c"]).unwrap();
+        assert_eq!(address, Address::Unix("/x.sock".into()));
+        assert_eq!(config.containers, std::path::Path::new("/c"));
+        assert!(args(&["--listen"]).is_err());
+        assert!(args(&["--bogus"]).is_err());
+    }
+}
