@@ -40,24 +40,29 @@ fn fake_container(hostname: &'static str) -> Reaped {
         .spawn()
         .expect("a process in a new UTS namespace (needs root)");
     let mut ready = [0u8; 6];
-    child.stdout.take().unwrap().read_exact(&mut ready).unwrap();
+    child
+        .stdout
+        .take()
+        .expect("the child's stdout")
+        .read_exact(&mut ready)
+        .expect("its readiness");
     Reaped(child)
 }
 
 fn record(dir: &std::path::Path, id: &str, pid: u32) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("its stat");
     let r = ContainerRecord {
         id: id.into(),
         pid: pid as i32,
-        start_time: start_time_from_stat(&stat).unwrap(),
+        start_time: start_time_from_stat(&stat).expect("its start time"),
         cwd: "/tmp".into(),
         env: vec!["FROM_RECORD=yes".into(), "PATH=/usr/bin:/bin".into()],
     };
     std::fs::write(
         dir.join(format!("{id}.json")),
-        serde_json::to_string(&r).unwrap(),
+        serde_json::to_string(&r).expect("the record as JSON"),
     )
-    .unwrap();
+    .expect("writing the record");
 }
 
 /// The console, listening on a Unix socket in `dir`.
@@ -70,7 +75,7 @@ fn console(dir: &std::path::Path) -> (Reaped, std::path::PathBuf) {
         .arg(dir)
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
+        .expect("starting husk-console");
     let child = Reaped(child);
     let deadline = Instant::now() + Duration::from_secs(20);
     while UnixStream::connect(&sock).is_err() {
@@ -81,18 +86,18 @@ fn console(dir: &std::path::Path) -> (Reaped, std::path::PathBuf) {
 }
 
 fn session(sock: &std::path::Path, id: &str, args: &[&str], tty: bool) -> Vec<server_frame::Frame> {
-    let mut c = UnixStream::connect(sock).unwrap();
+    let mut c = UnixStream::connect(sock).expect("connecting to the console");
     let mut o = Open::new();
     o.protocol = PROTOCOL.into();
     o.args = args.iter().map(|s| s.to_string()).collect();
     o.tty = tty;
     o.container_id = id.into();
-    write_frame(&mut c, &client(client_frame::Frame::Open(o))).unwrap();
-    c.flush().unwrap();
+    write_frame(&mut c, &client(client_frame::Frame::Open(o))).expect("sending open");
+    c.flush().expect("flushing");
     let mut frames = Vec::new();
     loop {
         match read_frame::<_, ServerFrame>(&mut c) {
-            Ok(f) => frames.push(f.frame.unwrap()),
+            Ok(f) => frames.push(f.frame.expect("a frame with content")),
             Err(_) => return frames,
         }
     }
@@ -117,7 +122,7 @@ fn stdout_and_exit(frames: &[server_frame::Frame]) -> (String, i32) {
 
 #[test]
 fn a_session_enters_the_container() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("a temporary directory");
     let container = fake_container("husk-ctr-test");
     record(dir.path(), "c1", container.0.id());
     let (_console, sock) = console(dir.path());
