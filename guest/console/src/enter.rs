@@ -291,7 +291,13 @@ fn enter_and_run(a: &HelperArgs) -> Result<(libc::pid_t, u32), Failure> {
     };
     // Everything is opened first, then the process is checked again: the descriptors surely
     // belong to the container, not to a process that reused its pid.
-    let namespaces = differing_namespaces(a.pid).map_err(|_| gone())?;
+    let namespaces = differing_namespaces(a.pid).map_err(|e| {
+        if start_time(a.pid) == Some(a.start_time) {
+            other("opening the container's namespaces", &e)
+        } else {
+            gone()
+        }
+    })?;
     let root = open(
         format!("/proc/{}/root", a.pid).as_str(),
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,

@@ -164,7 +164,8 @@ fn refuse_busy(mut conn: std::os::unix::net::UnixStream, max: usize) {
         "{max} sessions are open in this guest, the most it serves; close one and retry"
     ));
     let _ = husk_protocols::console::write_frame(&mut conn, &busy.frame());
-    let _ = conn.shutdown(std::net::Shutdown::Both);
+    // Short: the accept loop waits meanwhile (the client's open frame is usually there already).
+    relay::linger(&mut conn, Duration::from_millis(100));
 }
 
 #[cfg(test)]
@@ -237,6 +238,7 @@ mod tests {
         );
         let (out, _, exit) = outcome(&rest(&mut first));
         assert_eq!((out.as_slice(), exit.code), (&b"x"[..], 0));
+        drop(first);
         // The slot is given back once the session's thread ends, just after its last frame.
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {

@@ -12,6 +12,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use husk_protocols::console::{
     client_frame, data, read_frame, server, server_frame, write_frame, ClientFrame, ServerFrame,
@@ -166,26 +167,48 @@ pub enum Stdin {
 /// Why the input loop stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InputEnd {
-    /// The session ended (the session shut the connection down).
+    /// The session ended (it sent `exit`).
     Over,
     /// The client went away or sent garbage; its process was killed.
     Disconnected,
 }
 
-/// Reads client frames until the connection ends, applying them to the process. `over` is set
-/// by the session before it shuts the connection down at the end.
-pub fn input(reader: UnixStream, stdin: Stdin, process: &Process, over: &AtomicBool) -> InputEnd {
-    let end = input_loop(reader, stdin, process);
-    if over.load(Ordering::SeqCst) {
-        return InputEnd::Over;
-    }
+/// Reads client frames until the connection ends, applying them to the process. `over` is the
+/// read end of a pipe whose write end the session drops once it has sent `exit`: the loop then
+/// lingers (see [`linger`]) and returns.
+pub fn input(reader: UnixStream, stdin: Stdin, process: &Process, over: OwnedFd) -> InputEnd {
+    let end = input_loop(reader, stdin, process, over);
     if end == InputEnd::Disconnected {
         process.kill_session();
     }
     end
 }
 
-fn input_loop(mut reader: UnixStream, stdin: Stdin, process: &Process) -> InputEnd {
+/// How long a finished session waits for its client to close.
+pub const LINGER: Duration = Duration::from_secs(2);
+
+/// Ends a connection gracefully: no more writes (the client reads the last frame and then end
+/// of file), then reads and discards what the client still sends, until it closes or `wait`
+/// passes. Closing a socket with unread input would reset it, and a reset may discard frames
+/// the client has not read yet.
+pub fn linger(conn: &mut UnixStream, wait: Duration) {
+    let _ = conn.shutdown(std::net::Shutdown::Write);
+    let deadline = Instant::now() + wait;
+    let mut buf = [0u8; 4096];
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        if left.is_zero() || conn.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match conn.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+fn input_loop(mut reader: UnixStream, stdin: Stdin, process: &Process, over: OwnedFd) -> InputEnd {
     let (mut target, pty_master) = match stdin {
         Stdin::Pipe(fd) => (Some(fd), None),
         Stdin::Pty(fd) => (fd.try_clone().ok(), Some(fd)),
@@ -201,7 +224,10 @@ fn input_loop(mut reader: UnixStream, stdin: Stdin, process: &Process) -> InputE
             rdhup()
         };
         let (sock_ev, stdin_ev) = {
-            let mut fds = vec![PollFd::new(reader.as_fd(), socket_events)];
+            let mut fds = vec![
+                PollFd::new(reader.as_fd(), socket_events),
+                PollFd::new(over.as_fd(), PollFlags::POLLIN),
+            ];
             let watch_stdin = !pending.is_empty() && target.is_some();
             if let (true, Some(t)) = (watch_stdin, target.as_ref()) {
                 fds.push(PollFd::new(t.as_fd(), PollFlags::POLLOUT));
@@ -211,9 +237,13 @@ fn input_loop(mut reader: UnixStream, stdin: Stdin, process: &Process) -> InputE
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(_) => return InputEnd::Disconnected,
             }
+            if fds[1].any().unwrap_or(true) {
+                linger(&mut reader, LINGER);
+                return InputEnd::Over;
+            }
             (
                 fds[0].revents().unwrap_or(PollFlags::POLLERR),
-                fds.get(1).and_then(|f| f.revents()),
+                fds.get(2).and_then(|f| f.revents()),
             )
         };
         if !want_frames && sock_ev.intersects(rdhup() | PollFlags::POLLHUP | PollFlags::POLLERR) {

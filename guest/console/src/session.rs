@@ -9,7 +9,6 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use husk_protocols::console::{
@@ -51,7 +50,7 @@ impl Default for Config {
 }
 
 /// Serves one connection to its end. `id` and `peer` name the session in the log.
-pub fn serve(conn: UnixStream, config: &Config, id: u64, peer: &str) {
+pub fn serve(mut conn: UnixStream, config: &Config, id: u64, peer: &str) {
     let writer = match conn.try_clone() {
         Ok(w) => Writer::new(w),
         Err(e) => {
@@ -68,7 +67,7 @@ pub fn serve(conn: UnixStream, config: &Config, id: u64, peer: &str) {
         Err(Some(e)) => {
             tracing::info!(session = id, peer, error = %e, "session refused");
             writer.send(&e.frame());
-            let _ = conn.shutdown(std::net::Shutdown::Both);
+            relay::linger(&mut conn, relay::LINGER);
             return;
         }
     };
@@ -92,9 +91,9 @@ pub fn serve(conn: UnixStream, config: &Config, id: u64, peer: &str) {
         Err(e) => {
             tracing::info!(session = id, error = %e, "session refused");
             writer.send(&e.frame());
+            relay::linger(&mut conn, relay::LINGER);
         }
     }
-    let _ = conn.shutdown(std::net::Shutdown::Both);
 }
 
 /// Reads the first frame; `Err(None)`: the client left without a word.
@@ -314,6 +313,30 @@ fn run(
     Ok(exit)
 }
 
+/// Starts a session thread. One that cannot start (the guest is out of resources) ends the
+/// session: its process is killed, so nothing waits for the missing thread.
+fn spawn_in<'scope>(
+    s: &'scope std::thread::Scope<'scope, '_>,
+    name: &str,
+    process: &Process,
+    f: impl FnOnce() + Send + 'scope,
+) -> Option<std::thread::ScopedJoinHandle<'scope, ()>> {
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn_scoped(s, f)
+        .map_err(|e| {
+            tracing::warn!(error = %e, "cannot start the session's {name} thread");
+            process.kill_session();
+        })
+        .ok()
+}
+
+/// The process's output side.
+enum Outputs<'a> {
+    Pty(&'a Pty),
+    Pipes(OwnedFd, OwnedFd),
+}
+
 fn relay_until_exit(
     reader: UnixStream,
     process: &Process,
@@ -322,8 +345,9 @@ fn relay_until_exit(
     writer: &Writer,
 ) -> Result<Exit, SessionError> {
     let other = |what: &str, e: &dyn std::fmt::Display| SessionError::Other(format!("{what}: {e}"));
-    let over = AtomicBool::new(false);
-    let shutdown = reader
+    let (over_rx, over_tx) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| other("creating a pipe", &e))?;
+    let mut shutdown = reader
         .try_clone()
         .map_err(|e| other("using the connection", &e))?;
     let (stdin, outputs) = match (pty, pipes) {
@@ -332,37 +356,50 @@ fn relay_until_exit(
                 .master()
                 .try_clone_to_owned()
                 .map_err(|e| other("using the terminal", &e))?;
-            (Stdin::Pty(master), None)
+            (Stdin::Pty(master), Outputs::Pty(p))
         }
         (None, Some(pipes)) => {
             process::set_nonblocking(&pipes.stdin)
                 .map_err(|e| other("using the process's input", &e))?;
-            (Stdin::Pipe(pipes.stdin), Some((pipes.stdout, pipes.stderr)))
+            (
+                Stdin::Pipe(pipes.stdin),
+                Outputs::Pipes(pipes.stdout, pipes.stderr),
+            )
         }
         (None, None) => return Err(SessionError::Other("the process has no stdio".into())),
     };
     let (exited_rx, exited_tx) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| other("creating a pipe", &e))?;
     std::thread::scope(|s| {
-        let input = s.spawn(|| relay::input(reader, stdin, process, &over));
-        let status = match (pty, outputs) {
-            (Some(p), _) => {
-                let pump = s.spawn(|| relay::pump_pty(p.master(), exited_rx, writer, process));
+        let input = spawn_in(s, "input", process, move || {
+            relay::input(reader, stdin, process, over_rx);
+        });
+        let status = match outputs {
+            Outputs::Pty(p) => {
+                let pump = spawn_in(s, "output", process, move || {
+                    relay::pump_pty(p.master(), exited_rx, writer, process)
+                });
                 let status = process.wait_exit();
                 drop(exited_tx);
-                let _ = pump.join();
+                if let Some(t) = pump {
+                    let _ = t.join();
+                }
                 status
             }
-            (None, Some((stdout, stderr))) => {
+            Outputs::Pipes(stdout, stderr) => {
                 drop(exited_rx);
                 drop(exited_tx);
-                let out = s.spawn(|| relay::pump_pipe(stdout, false, writer, process));
-                let err = s.spawn(|| relay::pump_pipe(stderr, true, writer, process));
-                let _ = out.join();
-                let _ = err.join();
+                let out = spawn_in(s, "stdout", process, move || {
+                    relay::pump_pipe(stdout, false, writer, process)
+                });
+                let err = spawn_in(s, "stderr", process, move || {
+                    relay::pump_pipe(stderr, true, writer, process)
+                });
+                for t in [out, err].into_iter().flatten() {
+                    let _ = t.join();
+                }
                 process.wait_exit()
             }
-            (None, None) => unreachable!("checked above"),
         };
         let exit = match status {
             Ok(e) => {
@@ -379,9 +416,14 @@ fn relay_until_exit(
             }
         };
         writer.send(&server(server_frame::Frame::Exit(exit.clone())));
-        over.store(true, Ordering::SeqCst);
-        let _ = shutdown.shutdown(std::net::Shutdown::Both);
-        let _ = input.join();
+        // The input thread lingers until the client closes, then ends.
+        drop(over_tx);
+        match input {
+            Some(t) => {
+                let _ = t.join();
+            }
+            None => relay::linger(&mut shutdown, relay::LINGER),
+        }
         Ok(exit)
     })
 }
@@ -491,6 +533,7 @@ pub(crate) mod tests {
             (&b"out\n"[..], &b"err\n"[..])
         );
         assert_eq!((exit.code, exit.signal), (7, 0));
+        drop(c);
         t.join().unwrap();
     }
 
@@ -505,6 +548,7 @@ pub(crate) mod tests {
         assert_eq!(out, b"hello\nworld");
         assert!(err.is_empty());
         assert_eq!((exit.code, exit.signal), (0, 0));
+        drop(c);
         t.join().unwrap();
     }
 
@@ -526,6 +570,7 @@ pub(crate) mod tests {
         let expected = format!("42 /root {}\n/tmp\nnone\n", process::DEFAULT_PATH);
         assert_eq!(String::from_utf8_lossy(&out), expected);
         assert_eq!(exit.code, 0);
+        drop(c);
         t.join().unwrap();
     }
 
@@ -567,6 +612,7 @@ pub(crate) mod tests {
         assert!(String::from_utf8_lossy(&out).contains("40 120"), "{out:?}");
         assert!(err.is_empty());
         assert_eq!((exit.code, exit.signal), (0, 0));
+        drop(c);
         t.join().unwrap();
     }
 
@@ -582,6 +628,7 @@ pub(crate) mod tests {
         send(&mut c, client_frame::Frame::Stdin(data(b"exit 5\n")));
         let (_, _, exit) = outcome(&rest(&mut c));
         assert_eq!((exit.code, exit.signal), (5, 0));
+        drop(c);
         t.join().unwrap();
     }
 
@@ -595,6 +642,7 @@ pub(crate) mod tests {
         // The terminal echoes "abc", then cat writes it back.
         assert_eq!(out, b"abcabc");
         assert_eq!((exit.code, exit.signal), (0, 0));
+        drop(c);
         t.join().unwrap();
     }
 
@@ -607,6 +655,7 @@ pub(crate) mod tests {
         assert_eq!(out.len(), 200_000);
         assert!(out.iter().all(|b| *b == b'a'));
         assert_eq!((exit.code, exit.signal), (3, 0));
+        drop(c);
         t.join().unwrap();
     }
 
@@ -620,6 +669,7 @@ pub(crate) mod tests {
             send(&mut c, client_frame::Frame::Signal(sig));
             let (_, _, exit) = outcome(&rest(&mut c));
             assert_eq!((exit.code, exit.signal), (143, 15), "tty {tty}");
+            drop(c);
             t.join().unwrap();
         }
     }
@@ -632,22 +682,26 @@ pub(crate) mod tests {
         let (kind, message) = refusal(&rest(&mut c));
         assert_eq!(kind, ErrorKind::PROTOCOL);
         assert!(message.contains("husk.console.v2") && message.contains(PROTOCOL));
+        drop(c);
         t.join().unwrap();
 
         let (mut c, t) = start_with(client_frame::Frame::Stdin(data(b"x")), Config::default());
         assert_eq!(refusal(&rest(&mut c)).0, ErrorKind::BAD_REQUEST);
+        drop(c);
         t.join().unwrap();
 
         let mut o = open(&["true"], false);
         o.env = vec!["NOT-AN-ENTRY".into()];
         let (mut c, t) = start_session(o);
         assert_eq!(refusal(&rest(&mut c)).0, ErrorKind::BAD_REQUEST);
+        drop(c);
         t.join().unwrap();
 
         let mut o = open(&["true"], false);
         o.cwd = "/no/such/dir".into();
         let (mut c, t) = start_session(o);
         assert_eq!(refusal(&rest(&mut c)).0, ErrorKind::BAD_REQUEST);
+        drop(c);
         t.join().unwrap();
 
         for tty in [false, true] {
@@ -655,6 +709,7 @@ pub(crate) mod tests {
             let (kind, message) = refusal(&rest(&mut c));
             assert_eq!(kind, ErrorKind::NOT_FOUND);
             assert!(message.contains("no-such-program-husk") && message.contains("PATH"));
+            drop(c);
             t.join().unwrap();
         }
     }
@@ -676,6 +731,7 @@ pub(crate) mod tests {
             let (kind, message) = refusal(&rest(&mut c));
             assert_eq!(kind, ErrorKind::NO_CONTAINER);
             assert!(message.contains(says), "{message}");
+            drop(c);
             t.join().unwrap();
         }
     }
@@ -706,6 +762,7 @@ pub(crate) mod tests {
         assert_eq!(out.len(), 1_048_576);
         assert!(out.iter().all(|b| *b == 0));
         assert_eq!(exit.code, 0);
+        drop(c);
         t.join().unwrap();
     }
 
