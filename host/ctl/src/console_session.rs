@@ -87,8 +87,9 @@ pub fn run(stream: UnixStream, open: &Open, interactive: bool) -> anyhow::Result
     if interactive {
         let w = writer.clone();
         std::thread::spawn(move || relay_stdin(&w));
-    } else {
-        // A failure here shows as the end of the stream below.
+    } else if !open.tty {
+        // The session's stdin ends at once (on a terminal that would type ^D: a terminal
+        // without -i just gets no input). A failure here shows as the end of the stream below.
         let _ = send(&writer, client_frame::Frame::StdinEof(StdinEof::new()));
     }
 
