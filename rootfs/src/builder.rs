@@ -222,7 +222,16 @@ fn tool_version(path: &Path, name: &str, data: &[u8]) -> String {
         let (pkgs, _) = line.split_once(": ")?;
         pkgs.split(", ").next().map(str::to_owned)
     };
-    let package = owner(path).or_else(|| owner(&std::fs::canonicalize(path).ok()?));
+    // dpkg knows a file by the path its package ships, which merged /usr may hide: try the
+    // path, the real file, and the real file without or with the /usr prefix.
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let alias = match real.strip_prefix("/usr") {
+        Ok(rest) => Path::new("/").join(rest),
+        Err(_) => Path::new("/usr").join(real.strip_prefix("/").unwrap_or(&real)),
+    };
+    let package = [path, real.as_path(), alias.as_path()]
+        .into_iter()
+        .find_map(owner);
     let version = package.as_ref().and_then(|pkg| {
         let out = Command::new("dpkg-query")
             .args(["-W", "-f=${Version}", pkg])
@@ -603,6 +612,10 @@ mod tests {
         assert!(c.get("strace").is_some_and(|v| !v.is_empty()), "{c:?}");
         assert!(c.get("lsof").is_some_and(|v| !v.is_empty()), "{c:?}");
         assert_eq!(c["husk-init"], "0.0.0-test");
+        assert_eq!(
+            tool_version(Path::new("/usr/bin/strace"), "strace", b""),
+            c["strace"]
+        );
 
         // Identical inputs, identical image.
         let again = build_ok(&inputs.spec(
@@ -616,6 +629,17 @@ mod tests {
             std::fs::read(&r.output).unwrap()
         );
         assert_ne!(plain.manifest.build_id, r.manifest.build_id);
+    }
+
+    #[test]
+    fn tool_versions_come_from_their_packages() {
+        // Debian 12 ships ss as /bin/ss (iproute2); merged /usr makes it /usr/bin/ss too.
+        if Path::new("/usr/bin/ss").exists() {
+            let v = tool_version(Path::new("/usr/bin/ss"), "ss", b"");
+            assert!(v.ends_with(" (iproute2)"), "{v}");
+        }
+        let v = tool_version(Path::new("/nonexistent/tool"), "tool", b"abc");
+        assert_eq!(v, "sha256:ba7816bf8f01cfea");
     }
 
     #[test]

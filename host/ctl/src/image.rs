@@ -265,8 +265,12 @@ fn scan(dir: &Path) -> anyhow::Result<Vec<ImageInfo>> {
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "cpio") && p.is_file())
         .collect();
-    paths.sort();
-    paths.iter().map(|p| inspect(p)).collect()
+    let mut images = paths
+        .iter()
+        .map(|p| inspect(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    images.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(images)
 }
 
 /// The CONSOLE column: whether husk-console runs in this image.
@@ -301,6 +305,17 @@ const HEADER: [&str; 7] = [
     "COMPONENTS",
 ];
 
+/// A component's version as short as a table cell wants it: up to its first `;` or `,`, without
+/// a repeat of its name (`seccomp: libseccomp 2.5.4, API level 6; …` → `libseccomp 2.5.4`).
+/// `show` prints it whole.
+fn short_version<'a>(name: &str, version: &'a str) -> &'a str {
+    let v = version.split([';', ',']).next().unwrap_or(version);
+    v.strip_prefix(name)
+        .and_then(|r| r.strip_prefix(':'))
+        .unwrap_or(v)
+        .trim()
+}
+
 /// One `list` row.
 fn row(i: &ImageInfo) -> [String; 7] {
     let Some(m) = &i.manifest else {
@@ -317,7 +332,7 @@ fn row(i: &ImageInfo) -> [String; 7] {
     let components: Vec<String> = m
         .components
         .iter()
-        .map(|(k, v)| format!("{k} {v}"))
+        .map(|(k, v)| format!("{k} {}", short_version(k, v)))
         .collect();
     [
         i.name.clone(),
@@ -535,6 +550,13 @@ mod tests {
             ]
         );
         let mut m = manifest(vec![]);
+        m.components.insert(
+            "seccomp".into(),
+            "seccomp: libseccomp 2.5.4, API level 6; default profile".into(),
+        );
+        assert!(
+            row(&info(Some(m.clone())))[6].ends_with("seccomp libseccomp 2.5.4, strace 6.1-0.1")
+        );
         m.selinux = None;
         assert_eq!(row(&info(Some(m)))[5], "no");
         let r = row(&info(None));
@@ -580,6 +602,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(scan(&dir.path().join("absent")).unwrap().is_empty());
         let m = manifest(vec![]);
+        std::fs::write(dir.path().join("b-2.cpio"), b"x").unwrap();
         std::fs::write(dir.path().join("b.cpio"), b"x").unwrap();
         std::fs::write(
             dir.path().join("b.cpio.manifest.json"),
@@ -591,9 +614,10 @@ mod tests {
         std::fs::write(dir.path().join("notes.txt"), b"").unwrap();
         let found = scan(dir.path()).unwrap();
         let names: Vec<&str> = found.iter().map(|i| i.name.as_str()).collect();
-        assert_eq!(names, ["a", "b"]);
+        assert_eq!(names, ["a", "b", "b-2"], "by name, not by file name");
         assert!(found[0].manifest.is_none() && found[0].manifest_error.is_some());
         assert_eq!(found[1].manifest.as_ref(), Some(&m));
+        assert!(found[2].manifest.is_none());
         assert_eq!(found[0].bytes, 2);
         let json = serde_json::to_value(&found).unwrap();
         assert!(json[0]["manifest"].is_null());
