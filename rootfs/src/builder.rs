@@ -23,7 +23,8 @@ use crate::tree::Tree;
 pub enum Flavour {
     /// husk-init and the services it runs; nothing else.
     Default,
-    /// Adds busybox, its applet links and a shell on the serial console.
+    /// Adds busybox, its applet links, a shell on the serial console and the debugging tools
+    /// it is given (dynamically linked ones with their loader and libraries).
     Debug,
 }
 
@@ -48,6 +49,10 @@ pub struct ImageSpec {
     pub console: PathBuf,
     /// Statically linked busybox (debug flavour only).
     pub busybox: PathBuf,
+    /// Extra programs for the debug flavour (`strace`, `lsof`), placed at `/usr/bin/<name>`
+    /// with their loader and shared libraries ([`crate::dynlib`]); the default flavour
+    /// refuses any.
+    pub tools: Vec<PathBuf>,
     /// Extra services, started after the flavour's own.
     pub services: Vec<ServiceSpec>,
     /// Where to write the archive.
@@ -82,6 +87,17 @@ pub enum ImageError {
     },
     #[error("cannot run {path} to ask its version: {detail}")]
     Version { path: PathBuf, detail: String },
+    #[error("tool {path} cannot go into the image: {source}")]
+    Tool {
+        path: PathBuf,
+        source: crate::dynlib::DynlibError,
+    },
+    #[error("tool {path}: {detail}")]
+    ToolName { path: PathBuf, detail: String },
+    #[error(
+        "tools ({0}) go only into the debug flavour; build it with --debug, or leave them out"
+    )]
+    ToolsNeedDebug(String),
     #[error("invalid service: {0}")]
     Service(String),
     #[error("cannot build the SELinux policy: {0}")]
@@ -191,6 +207,98 @@ fn add_busybox(
     Ok(())
 }
 
+/// A debug tool's version: its Debian package's version (`dpkg-query`), with the package's name
+/// where it differs from the tool's; for a file no package owns, `sha256:` and a prefix of its
+/// content hash. Never the tool's own output, whose format differs from tool to tool.
+fn tool_version(path: &Path, name: &str, data: &[u8]) -> String {
+    let owner = |p: &Path| -> Option<String> {
+        let out = Command::new("dpkg-query").arg("-S").arg(p).output().ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        // `strace: /usr/bin/strace`, or `libc6:amd64, libc6:i386: /path`.
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = text.lines().find(|l| !l.starts_with("diversion by"))?;
+        let (pkgs, _) = line.split_once(": ")?;
+        pkgs.split(", ").next().map(str::to_owned)
+    };
+    // dpkg knows a file by the path its package ships, which merged /usr may hide: try the
+    // path, the real file, and the real file without or with the /usr prefix.
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let alias = match real.strip_prefix("/usr") {
+        Ok(rest) => Path::new("/").join(rest),
+        Err(_) => Path::new("/usr").join(real.strip_prefix("/").unwrap_or(&real)),
+    };
+    let package = [path, real.as_path(), alias.as_path()]
+        .into_iter()
+        .find_map(owner);
+    let version = package.as_ref().and_then(|pkg| {
+        let out = Command::new("dpkg-query")
+            .args(["-W", "-f=${Version}", pkg])
+            .output()
+            .ok()?;
+        let v = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        (out.status.success() && !v.is_empty()).then_some(v)
+    });
+    match (package, version) {
+        (Some(pkg), Some(v)) => {
+            let bare = pkg.split(':').next().unwrap_or(&pkg);
+            if bare == name {
+                v
+            } else {
+                format!("{v} ({bare})")
+            }
+        }
+        _ => format!("sha256:{}", &hex(&sha2::Sha256::digest(data))[..16]),
+    }
+}
+
+/// Adds each tool at `/usr/bin/<name>` with its loader and shared libraries, each at the path
+/// the loader will look for it (regular files: the image's `/lib` is a real directory).
+fn add_tools(
+    t: &mut Tree,
+    tools: &[PathBuf],
+    components: &mut BTreeMap<String, String>,
+) -> Result<(), ImageError> {
+    let resolver = crate::dynlib::Resolver::default();
+    for path in tools {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| !n.is_empty() && !n.starts_with('.'))
+            .ok_or_else(|| ImageError::ToolName {
+                path: path.clone(),
+                detail: "has no usable file name".into(),
+            })?;
+        if components.contains_key(name) || name.starts_with("husk-") {
+            return Err(ImageError::ToolName {
+                path: path.clone(),
+                detail: format!(
+                    "{name} is already in the image (given twice, or one of husk's own)"
+                ),
+            });
+        }
+        let data = std::fs::read(path).map_err(|source| ImageError::Read {
+            what: "tool",
+            path: path.clone(),
+            source,
+        })?;
+        let closure = resolver
+            .closure(path, &data)
+            .map_err(|source| ImageError::Tool {
+                path: path.clone(),
+                source,
+            })?;
+        for obj in closure.objects() {
+            t.file(&obj.image_path, 0o755, obj.data.clone());
+        }
+        components.insert(name.to_owned(), tool_version(path, name, &data));
+        // After busybox: a tool replaces an applet link of the same name.
+        t.file(&format!("usr/bin/{name}"), 0o755, data);
+    }
+    Ok(())
+}
+
 /// The version a husk binary prints for `--version` (`husk-init 0.1.0` → `0.1.0`).
 fn component_version(path: &Path, name: &str) -> Result<String, ImageError> {
     let line = first_line(path, &["--version"])?;
@@ -268,6 +376,10 @@ pub fn manifest_path_for(image: &Path) -> PathBuf {
 
 /// Builds the image described by `spec`.
 pub fn build(spec: &ImageSpec) -> Result<BuildReport, ImageError> {
+    if spec.flavour != Flavour::Debug && !spec.tools.is_empty() {
+        let names: Vec<String> = spec.tools.iter().map(|p| p.display().to_string()).collect();
+        return Err(ImageError::ToolsNeedDebug(names.join(", ")));
+    }
     let mut tree = Tree::default();
     skeleton(&mut tree);
     let mut components = BTreeMap::new();
@@ -300,6 +412,7 @@ pub fn build(spec: &ImageSpec) -> Result<BuildReport, ImageError> {
     let mut services = vec![agent_service(), console_service(spec.flavour)];
     if spec.flavour == Flavour::Debug {
         add_busybox(&mut tree, &spec.busybox, &mut components)?;
+        add_tools(&mut tree, &spec.tools, &mut components)?;
         services.push(debug_shell());
     }
     services.extend(spec.services.iter().cloned());
@@ -353,4 +466,200 @@ fn atomic_write(path: &Path, data: &[u8]) -> std::io::Result<()> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A static x86-64 program that prints `line` and exits 0, whatever its arguments: a
+    /// stand-in for husk-init, husk-agent and husk-console, which answer `--version`.
+    fn fake_program(line: &str) -> Vec<u8> {
+        let msg = format!("{line}\n");
+        let mut code = vec![0xb8, 1, 0, 0, 0, 0xbf, 1, 0, 0, 0]; // mov eax, 1; mov edi, 1
+        code.extend([0x48, 0x8d, 0x35, 16, 0, 0, 0]); // lea rsi, [rip + 16] (the message)
+        code.push(0xba); // mov edx, len
+        code.extend((msg.len() as u32).to_le_bytes());
+        code.extend([0x0f, 0x05, 0xb8, 60, 0, 0, 0, 0x31, 0xff, 0x0f, 0x05]); // write; exit(0)
+        assert_eq!(code.len(), 33);
+        let base = 0x40_0000u64;
+        let total = (120 + code.len() + msg.len()) as u64;
+        let mut b = vec![0u8; 64];
+        b[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
+        b[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        b[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86-64
+        b[20..24].copy_from_slice(&1u32.to_le_bytes());
+        b[24..32].copy_from_slice(&(base + 120).to_le_bytes());
+        b[32..40].copy_from_slice(&64u64.to_le_bytes());
+        b[52..54].copy_from_slice(&64u16.to_le_bytes());
+        b[54..56].copy_from_slice(&56u16.to_le_bytes());
+        b[56..58].copy_from_slice(&1u16.to_le_bytes());
+        let mut ph = vec![0u8; 56];
+        ph[..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+        ph[4..8].copy_from_slice(&5u32.to_le_bytes()); // R X
+        ph[16..24].copy_from_slice(&base.to_le_bytes());
+        ph[24..32].copy_from_slice(&base.to_le_bytes());
+        ph[32..40].copy_from_slice(&total.to_le_bytes());
+        ph[40..48].copy_from_slice(&total.to_le_bytes());
+        ph[48..56].copy_from_slice(&0x1000u64.to_le_bytes());
+        b.extend(ph);
+        b.extend(code);
+        b.extend(msg.as_bytes());
+        b
+    }
+
+    /// Entries of a newc archive: path → (mode, contents).
+    fn unpack(cpio: &[u8]) -> BTreeMap<String, (u32, Vec<u8>)> {
+        let mut out = BTreeMap::new();
+        let mut at = 0;
+        let field = |at: usize, i: usize| {
+            let s = std::str::from_utf8(&cpio[at + 6 + i * 8..at + 14 + i * 8]).unwrap();
+            u32::from_str_radix(s, 16).unwrap() as usize
+        };
+        loop {
+            assert_eq!(&cpio[at..at + 6], b"070701");
+            let (mode, size, namesize) = (field(at, 1), field(at, 6), field(at, 11));
+            let name = std::str::from_utf8(&cpio[at + 110..at + 110 + namesize - 1])
+                .unwrap()
+                .to_owned();
+            let data_at = (at + 110 + namesize).next_multiple_of(4);
+            if name == "TRAILER!!!" {
+                return out;
+            }
+            out.insert(name, (mode as u32, cpio[data_at..data_at + size].to_vec()));
+            at = (data_at + size).next_multiple_of(4);
+        }
+    }
+
+    struct Inputs {
+        dir: tempfile::TempDir,
+    }
+
+    impl Inputs {
+        fn new() -> Self {
+            use std::os::unix::fs::PermissionsExt;
+            let dir = tempfile::tempdir().unwrap();
+            for name in ["husk-init", "husk-agent", "husk-console"] {
+                let path = dir.path().join(name);
+                std::fs::write(&path, fake_program(&format!("{name} 0.0.0-test"))).unwrap();
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+            Self { dir }
+        }
+
+        fn spec(&self, flavour: Flavour, tools: &[&str], output: &str) -> ImageSpec {
+            let p = |n: &str| self.dir.path().join(n);
+            ImageSpec {
+                flavour,
+                init: p("husk-init"),
+                agent: p("husk-agent"),
+                console: p("husk-console"),
+                busybox: "/bin/busybox".into(),
+                tools: tools.iter().map(PathBuf::from).collect(),
+                services: vec![],
+                output: p(output),
+            }
+        }
+    }
+
+    /// Builds, retrying while a just-written fake program is briefly busy (ETXTBSY: another
+    /// test thread forked while it was open for writing).
+    fn build_ok(spec: &ImageSpec) -> BuildReport {
+        for _ in 0..20 {
+            match build(spec) {
+                Err(ImageError::Version { detail, .. }) if detail.contains("busy") => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                r => return r.unwrap(),
+            }
+        }
+        panic!("fake programs stayed busy")
+    }
+
+    #[test]
+    fn the_debug_image_carries_tools_with_their_libraries() {
+        let inputs = Inputs::new();
+        let plain = build_ok(&inputs.spec(Flavour::Debug, &[], "plain.cpio"));
+        let spec = inputs.spec(
+            Flavour::Debug,
+            &["/usr/bin/strace", "/usr/bin/lsof"],
+            "debug.cpio",
+        );
+        let r = build_ok(&spec);
+        eprintln!(
+            "debug image: {} bytes without tools, {} with strace and lsof",
+            plain.bytes, r.bytes
+        );
+        let entries = unpack(&std::fs::read(&r.output).unwrap());
+        let regular = |p: &str| {
+            let (mode, data) = entries.get(p).unwrap_or_else(|| panic!("{p} missing"));
+            assert_eq!(mode & 0o170000, 0o100000, "{p} is a regular file");
+            assert!(data.starts_with(b"\x7fELF"), "{p} is an ELF file");
+            data.clone()
+        };
+        assert_eq!(
+            regular("usr/bin/strace"),
+            std::fs::read("/usr/bin/strace").unwrap()
+        );
+        regular("usr/bin/lsof");
+        regular("lib64/ld-linux-x86-64.so.2");
+        regular("lib/x86_64-linux-gnu/libc.so.6");
+        regular("lib/x86_64-linux-gnu/libselinux.so.1"); // lsof's
+        for dir in ["lib", "lib64", "lib/x86_64-linux-gnu"] {
+            assert_eq!(entries[dir].0 & 0o170000, 0o040000, "{dir} is a directory");
+        }
+        let c = &r.manifest.components;
+        assert!(c.get("strace").is_some_and(|v| !v.is_empty()), "{c:?}");
+        assert!(c.get("lsof").is_some_and(|v| !v.is_empty()), "{c:?}");
+        assert_eq!(c["husk-init"], "0.0.0-test");
+        assert_eq!(
+            tool_version(Path::new("/usr/bin/strace"), "strace", b""),
+            c["strace"]
+        );
+
+        // Identical inputs, identical image.
+        let again = build_ok(&inputs.spec(
+            Flavour::Debug,
+            &["/usr/bin/strace", "/usr/bin/lsof"],
+            "again.cpio",
+        ));
+        assert_eq!(again.manifest.build_id, r.manifest.build_id);
+        assert_eq!(
+            std::fs::read(&again.output).unwrap(),
+            std::fs::read(&r.output).unwrap()
+        );
+        assert_ne!(plain.manifest.build_id, r.manifest.build_id);
+    }
+
+    #[test]
+    fn tool_versions_come_from_their_packages() {
+        // Debian 12 ships ss as /bin/ss (iproute2); merged /usr makes it /usr/bin/ss too.
+        if Path::new("/usr/bin/ss").exists() {
+            let v = tool_version(Path::new("/usr/bin/ss"), "ss", b"");
+            assert!(v.ends_with(" (iproute2)"), "{v}");
+        }
+        let v = tool_version(Path::new("/nonexistent/tool"), "tool", b"abc");
+        assert_eq!(v, "sha256:ba7816bf8f01cfea");
+    }
+
+    #[test]
+    fn tools_are_refused_outside_the_debug_flavour_and_checked() {
+        let inputs = Inputs::new();
+        let err = build(&inputs.spec(Flavour::Default, &["/usr/bin/strace"], "d.cpio"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("debug") && err.contains("/usr/bin/strace"),
+            "{err}"
+        );
+        let err = build(&inputs.spec(Flavour::Debug, &["/nonexistent/tool"], "d.cpio"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/tool"), "{err}");
+        let twice = ["/usr/bin/strace", "/usr/bin/strace"];
+        let err = build(&inputs.spec(Flavour::Debug, &twice, "d.cpio"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("already in the image"), "{err}");
+    }
 }

@@ -16,26 +16,26 @@ pub enum ElfError {
     Dynamic,
 }
 
-const PT_INTERP: u32 = 3;
-const EM_X86_64: u16 = 62;
+pub(crate) const PT_INTERP: u32 = 3;
+pub(crate) const EM_X86_64: u16 = 62;
 
 /// `N` bytes at `off`; offsets come from the file, so the sum may overflow.
-fn bytes_at<const N: usize>(b: &[u8], off: usize) -> Result<[u8; N], ElfError> {
+pub(crate) fn bytes_at<const N: usize>(b: &[u8], off: usize) -> Result<[u8; N], ElfError> {
     let end = off.checked_add(N).ok_or(ElfError::Malformed)?;
     b.get(off..end)
         .and_then(|s| s.try_into().ok())
         .ok_or(ElfError::Malformed)
 }
 
-fn u16_at(b: &[u8], off: usize) -> Result<u16, ElfError> {
+pub(crate) fn u16_at(b: &[u8], off: usize) -> Result<u16, ElfError> {
     bytes_at(b, off).map(u16::from_le_bytes)
 }
 
-fn u32_at(b: &[u8], off: usize) -> Result<u32, ElfError> {
+pub(crate) fn u32_at(b: &[u8], off: usize) -> Result<u32, ElfError> {
     bytes_at(b, off).map(u32::from_le_bytes)
 }
 
-fn u64_at(b: &[u8], off: usize) -> Result<u64, ElfError> {
+pub(crate) fn u64_at(b: &[u8], off: usize) -> Result<u64, ElfError> {
     bytes_at(b, off).map(u64::from_le_bytes)
 }
 

@@ -103,6 +103,7 @@ fn a_service_that_dies_is_restarted_with_back_off() {
         agent: agent_binary(),
         console: console_binary(),
         busybox: "/bin/busybox".into(),
+        tools: vec![],
         services: vec![ServiceSpec {
             name: "flaky".into(),
             argv: vec!["/bin/false".into()],

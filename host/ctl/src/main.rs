@@ -129,6 +129,10 @@ enum ImageCommand {
     Build(image::BuildArgs),
     /// Make a busybox container image (a root filesystem) from Debian's busybox-static.
     Busybox(image::BusyboxArgs),
+    /// List the guest images in $HUSK_HOME/images with what their manifests say.
+    List(image::ListArgs),
+    /// Print one guest image's manifest: components, services, SELinux policy.
+    Show(image::ShowArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -180,6 +184,8 @@ fn main() -> ExitCode {
         Command::Vm(VmCommand::Boot { boot, json }) => vm::boot(&boot, json),
         Command::Image(ImageCommand::Build(args)) => image::build(&args),
         Command::Image(ImageCommand::Busybox(args)) => image::busybox(&args),
+        Command::Image(ImageCommand::List(args)) => image::list(&args),
+        Command::Image(ImageCommand::Show(args)) => image::show(&args),
         Command::Bench(BenchCommand::Boot(args)) => bench::boot(&args),
         Command::Bench(BenchCommand::Run(args)) => bench_run::run(&args),
         Command::Bench(BenchCommand::Vsock(args)) => bench_vsock::run(&args),
