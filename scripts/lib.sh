@@ -28,10 +28,11 @@ install_packages() {
     # a pod. SELinux: secilc compiles the guest's policy at image build; clang and libclang-dev
     # (bindgen), libselinux1-dev and libpcre2-dev (the static libselinux.a and what it calls)
     # build the selinux crate the agent links statically. tmux: a real terminal for the
-    # `husk exec -t` tests.
+    # `husk exec -t` tests. strace and lsof: the debug image's tools (packed with their
+    # libraries).
     local want=(qemu-system-x86 busybox-static gcc libc6-dev libcap-ng-dev libseccomp-dev runc
         containerd bsdutils iproute2 iputils-ping secilc clang libclang-dev libselinux1-dev
-        libpcre2-dev tmux) missing=()
+        libpcre2-dev tmux strace lsof) missing=()
     for p in "${want[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
     done

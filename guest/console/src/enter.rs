@@ -15,7 +15,7 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
-use husk_protocols::container_record::{start_time_from_stat, ContainerRecord};
+use husk_protocols::container_record::{self, start_time_from_stat, ContainerRecord};
 use nix::fcntl::{open, openat, OFlag};
 use nix::sched::{setns, CloneFlags};
 use nix::sys::stat::Mode;
@@ -57,7 +57,10 @@ fn no_container(id: &str) -> SessionError {
 
 /// The record of container `id` in `dir`, checked against the running process.
 pub fn find(dir: &Path, id: &str) -> Result<ContainerRecord, SessionError> {
-    let path = dir.join(format!("{id}.json"));
+    if !container_record::valid_id(id) {
+        return Err(no_container(id));
+    }
+    let path = dir.join(id).join(container_record::RECORD_FILE);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(no_container(id)),
@@ -547,23 +550,24 @@ mod tests {
         ));
         let me = std::process::id() as i32;
         let mut r = record();
+        std::fs::create_dir(dir.path().join("c1")).unwrap();
         r.pid = me;
         r.start_time = start_time(me).unwrap();
         std::fs::write(
-            dir.path().join("c1.json"),
+            dir.path().join("c1/record.json"),
             serde_json::to_string(&r).unwrap(),
         )
         .unwrap();
         assert_eq!(find(dir.path(), "c1").unwrap(), r);
         r.start_time += 1;
         std::fs::write(
-            dir.path().join("c1.json"),
+            dir.path().join("c1/record.json"),
             serde_json::to_string(&r).unwrap(),
         )
         .unwrap();
         let e = find(dir.path(), "c1").unwrap_err();
         assert!(e.to_string().contains("exited"), "{e}");
-        std::fs::write(dir.path().join("c1.json"), "{not json").unwrap();
+        std::fs::write(dir.path().join("c1/record.json"), "{not json").unwrap();
         assert!(matches!(
             find(dir.path(), "c1"),
             Err(SessionError::NoContainer(_))

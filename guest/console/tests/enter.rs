@@ -58,8 +58,10 @@ fn record(dir: &std::path::Path, id: &str, pid: u32) {
         cwd: "/tmp".into(),
         env: vec!["FROM_RECORD=yes".into(), "PATH=/usr/bin:/bin".into()],
     };
+    std::fs::create_dir_all(dir.join(id)).expect("the container's directory");
     std::fs::write(
-        dir.join(format!("{id}.json")),
+        dir.join(id)
+            .join(husk_protocols::container_record::RECORD_FILE),
         serde_json::to_string(&r).expect("the record as JSON"),
     )
     .expect("writing the record");

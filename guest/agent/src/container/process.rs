@@ -353,9 +353,14 @@ impl Process {
         let st = self.state();
         match (st.pid, st.exited) {
             (Some(pid), false) => {
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).map_err(|e| {
-                    io_err(format!("sending {sig} to container {}", self.container_id))(e.into())
-                })
+                match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig) {
+                    // Reaped a moment ago, its exit not recorded yet: it is gone, as asked for.
+                    Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+                    Err(e) => Err(io_err(format!(
+                        "sending {sig} to container {}",
+                        self.container_id
+                    ))(e.into())),
+                }
             }
             (None, _) => Err(self.error("not started")),
             (Some(_), true) => Err(self.error("already exited")),
