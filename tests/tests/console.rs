@@ -143,6 +143,21 @@ fn exec_keeps_streams_apart_and_returns_the_remote_exit_code() {
     ]);
     assert_eq!(text(&out.stdout), "hello /etc\n", "{}", text(&out.stderr));
 
+    // The debug image's tools run in the guest (packed with their libraries).
+    let out = sb.exec(&[
+        "streams",
+        "--",
+        "sh",
+        "-c",
+        "strace -e trace=execve /bin/true 2>&1 | head -1; lsof -p 1 | head -1",
+    ]);
+    let tools = text(&out.stdout);
+    assert!(
+        tools.starts_with("execve(\"/bin/true\"") && tools.contains("COMMAND"),
+        "{tools}{}",
+        text(&out.stderr)
+    );
+
     // A program that does not exist is 127, with the guest's reason.
     let out = sb.exec(&["streams", "--", "no-such-program"]);
     assert_eq!(out.status.code(), Some(127), "{}", text(&out.stderr));

@@ -162,6 +162,7 @@ fn init_logging(level: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log);
+    terminal::restore_on_panic();
     let result = match cli.command {
         Command::Check { json } => check::run(json),
         // Every failure of husk itself is 125, so it never reads as the container's own code.

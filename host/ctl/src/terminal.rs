@@ -2,11 +2,17 @@
 //! included, go to the container's terminal as typed), and the window size to pass on.
 //!
 //! Owns changing and restoring husk's own terminal settings. Must never leave the terminal in
-//! raw mode: the settings are restored when [`RawMode`] is dropped, on every path out.
+//! raw mode: the settings are restored when [`RawMode`] is dropped, on every path out, and by
+//! the panic hook [`restore_on_panic`] installs (release builds abort on panic, so no drop
+//! runs there).
 
 use std::os::fd::AsFd;
+use std::sync::Mutex;
 
 use nix::sys::termios::{self, SetArg, Termios};
+
+/// The settings to restore while raw mode is on.
+static SAVED: Mutex<Option<Termios>> = Mutex::new(None);
 
 /// husk's terminal in raw mode until dropped.
 #[derive(Debug)]
@@ -21,6 +27,7 @@ impl RawMode {
         let saved = termios::tcgetattr(stdin.as_fd()).ok()?;
         let mut raw = saved.clone();
         termios::cfmakeraw(&mut raw);
+        *SAVED.lock().unwrap_or_else(|p| p.into_inner()) = Some(saved.clone());
         termios::tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw).ok()?;
         Some(Self { saved })
     }
@@ -30,7 +37,20 @@ impl Drop for RawMode {
     fn drop(&mut self) {
         let stdin = std::io::stdin();
         let _ = termios::tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &self.saved);
+        SAVED.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
+}
+
+/// Makes a panic restore the terminal (if raw mode is on) before its message is printed.
+pub fn restore_on_panic() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let saved = SAVED.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(saved) = saved {
+            let _ = termios::tcsetattr(std::io::stdin().as_fd(), SetArg::TCSANOW, &saved);
+        }
+        previous(info);
+    }));
 }
 
 /// The size (rows, columns) of the terminal on husk's stdout or stdin, if either is one.
