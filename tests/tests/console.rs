@@ -257,6 +257,19 @@ fn missing_sandboxes_and_disabled_consoles_are_clear_errors() {
         "{err}"
     );
 
+    // A sandbox whose husk process died (SIGKILL: no clean-up) is "not running".
+    let mut gone = Sandbox::start(&h, "gone", &["--debug"]);
+    gone.run.kill().expect("SIGKILL to husk run");
+    gone.run.wait().expect("husk run");
+    let out = gone.exec(&["gone", "--", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("gone") && err.contains("is not running"),
+        "{err}"
+    );
+    drop(gone);
+
     // The default image runs no console unless asked.
     let sb = Sandbox::start(&h, "quiet", &[]);
     let out = sb.exec(&["quiet", "--", "true"]);
