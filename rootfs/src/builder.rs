@@ -72,25 +72,25 @@ pub struct BuildReport {
 /// Why an image could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("cannot read {what} at {path}: {source}")]
+    #[error("cannot read {what} at {path}: {error}")]
     Read {
         what: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("{what} at {path} cannot run in the guest: {source}; {fix}")]
+    #[error("{what} at {path} cannot run in the guest: {error}; {fix}")]
     Unusable {
         what: &'static str,
         path: PathBuf,
-        source: ElfError,
+        error: ElfError,
         fix: &'static str,
     },
     #[error("cannot run {path} to ask its version: {detail}")]
     Version { path: PathBuf, detail: String },
-    #[error("tool {path} cannot go into the image: {source}")]
+    #[error("tool {path} cannot go into the image: {error}")]
     Tool {
         path: PathBuf,
-        source: crate::dynlib::DynlibError,
+        error: crate::dynlib::DynlibError,
     },
     #[error("tool {path}: {detail}")]
     ToolName { path: PathBuf, detail: String },
@@ -102,10 +102,10 @@ pub enum ImageError {
     Service(String),
     #[error("cannot build the SELinux policy: {0}")]
     Selinux(#[from] PolicyError),
-    #[error("cannot write the image to {path}: {source}")]
+    #[error("cannot write the image to {path}: {error}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -122,15 +122,15 @@ const BUSYBOX_FIX: &str =
     "install Debian's busybox-static package (`apt-get install busybox-static`)";
 
 fn read_static(what: &'static str, path: &Path, fix: &'static str) -> Result<Vec<u8>, ImageError> {
-    let data = std::fs::read(path).map_err(|source| ImageError::Read {
+    let data = std::fs::read(path).map_err(|error| ImageError::Read {
         what,
         path: path.into(),
-        source,
+        error,
     })?;
-    check_static_x86_64(&data).map_err(|source| ImageError::Unusable {
+    check_static_x86_64(&data).map_err(|error| ImageError::Unusable {
         what,
         path: path.into(),
-        source,
+        error,
         fix,
     })?;
     Ok(data)
@@ -278,16 +278,16 @@ fn add_tools(
                 ),
             });
         }
-        let data = std::fs::read(path).map_err(|source| ImageError::Read {
+        let data = std::fs::read(path).map_err(|error| ImageError::Read {
             what: "tool",
             path: path.clone(),
-            source,
+            error,
         })?;
         let closure = resolver
             .closure(path, &data)
-            .map_err(|source| ImageError::Tool {
+            .map_err(|error| ImageError::Tool {
                 path: path.clone(),
-                source,
+                error,
             })?;
         for obj in closure.objects() {
             t.file(&obj.image_path, 0o755, obj.data.clone());
@@ -436,7 +436,7 @@ pub fn build(spec: &ImageSpec) -> Result<BuildReport, ImageError> {
 
     let write_err = |path: &Path| {
         let path = path.to_owned();
-        move |source| ImageError::Write { path, source }
+        move |error| ImageError::Write { path, error }
     };
     if let Some(dir) = spec.output.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(write_err(dir))?;

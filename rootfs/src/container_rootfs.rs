@@ -13,15 +13,15 @@ use crate::ImageError;
 
 /// Writes a busybox root filesystem at `out` (replacing what was there).
 pub fn busybox_rootfs(busybox: &Path, out: &Path) -> Result<PathBuf, ImageError> {
-    let data = std::fs::read(busybox).map_err(|source| ImageError::Read {
+    let data = std::fs::read(busybox).map_err(|error| ImageError::Read {
         what: "busybox",
         path: busybox.into(),
-        source,
+        error,
     })?;
-    check_static_x86_64(&data).map_err(|source| ImageError::Unusable {
+    check_static_x86_64(&data).map_err(|error| ImageError::Unusable {
         what: "busybox",
         path: busybox.into(),
-        source,
+        error,
         fix: "install Debian's busybox-static package (`apt-get install busybox-static`)",
     })?;
     let list = Command::new(busybox)
@@ -33,7 +33,7 @@ pub fn busybox_rootfs(busybox: &Path, out: &Path) -> Result<PathBuf, ImageError>
         })?;
     let write_err = |path: &Path| {
         let path = path.to_owned();
-        move |source| ImageError::Write { path, source }
+        move |error| ImageError::Write { path, error }
     };
     let mut staging = out.as_os_str().to_owned();
     staging.push(".new");
