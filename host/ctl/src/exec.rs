@@ -97,7 +97,7 @@ fn no_console_fix(r: &Record) -> String {
     };
     format!(
         "sandbox {} has no console: its guest ({}) runs without husk-console, which is off unless enabled. Enable it with {how}, then start the sandbox again",
-        r.id,
+        r.label(),
         r.guest_image.display()
     )
 }
@@ -119,11 +119,11 @@ fn running_record(dir: &std::path::Path, query: &str, wait: Duration) -> anyhow:
         if Instant::now() >= deadline {
             return Err(failed(format!(
                 "sandbox {} did not finish booting within {wait:?}",
-                r.id
+                r.label()
             )));
         }
         if !told {
-            eprintln!("husk: waiting for sandbox {} to boot", r.id);
+            eprintln!("husk: waiting for sandbox {} to boot", r.label());
             told = true;
         }
         // The record is rewritten when the guest is up; a short poll of one small file.
@@ -149,18 +149,18 @@ fn connect(
             Err(VsockError::NoListener { .. }) => {
                 return Err(failed(format!(
                     "sandbox {}: nothing answers on the guest console's vsock port {port} after {CONSOLE_START_WAIT:?}; husk-console is enabled but not running (see the guest's log for `service exited`)",
-                    r.id
+                    r.label()
                 )))
             }
             Err(e @ VsockError::Socket { .. }) => {
                 return Err(failed(format!(
                     "sandbox {} is not running: its VM cannot be reached ({e})",
-                    r.id
+                    r.label()
                 )))
             }
             Err(e) => {
                 return Err(anyhow::Error::new(e)
-                    .context(format!("reaching the console of sandbox {}", r.id)))
+                    .context(format!("reaching the console of sandbox {}", r.label())))
             }
         }
     }
@@ -215,7 +215,7 @@ pub fn run(args: &ExecArgs) -> anyhow::Result<ExitCode> {
 
     let stream = connect(&record, &vsock, config.agent.dial_timeout())?;
     let ended = console_session::run(stream, &open, interactive)
-        .with_context(|| format!("the console session in sandbox {}", record.id))?;
+        .with_context(|| format!("the console session in sandbox {}", record.label()))?;
     match ended {
         Ended::Exit { code } => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
         Ended::Refused { kind, message } => Err(RunError {
@@ -226,14 +226,14 @@ pub fn run(args: &ExecArgs) -> anyhow::Result<ExitCode> {
             message: match kind {
                 ErrorKind::NO_CONTAINER => format!(
                     "sandbox {}: {message} (its containers: {})",
-                    record.id,
+                    record.label(),
                     if record.containers.is_empty() {
                         "none recorded".into()
                     } else {
                         record.containers.join(", ")
                     }
                 ),
-                _ => format!("sandbox {}: {message}", record.id),
+                _ => format!("sandbox {}: {message}", record.label()),
             },
         }
         .into()),

@@ -63,6 +63,15 @@ pub struct Record {
 }
 
 impl Record {
+    /// How messages name the sandbox: its name, with its id when they differ.
+    pub fn label(&self) -> String {
+        if self.name == self.id || self.name.is_empty() {
+            self.id.clone()
+        } else {
+            format!("{} ({})", self.name, self.id)
+        }
+    }
+
     /// `running` once the guest is up, `booting` before.
     pub fn status(&self) -> &'static str {
         if self.vsock.is_some() {
@@ -89,8 +98,10 @@ pub enum StateError {
     },
     #[error("{query:?} matches several sandboxes ({}): give more of the id", matches.join(", "))]
     Ambiguous { query: String, matches: Vec<String> },
-    #[error("sandbox {id} is not running: the husk process that held it (pid {pid}) has exited")]
-    NotRunning { id: String, pid: u32 },
+    #[error(
+        "sandbox {sandbox} is not running: the husk process that held it (pid {pid}) has exited"
+    )]
+    NotRunning { sandbox: String, pid: u32 },
 }
 
 fn known_list(known: &[String]) -> String {
@@ -255,7 +266,7 @@ pub fn find(dir: &Path, query: &str) -> Result<Record, StateError> {
     if !alive(r.pid) {
         let _ = std::fs::remove_file(&path);
         return Err(StateError::NotRunning {
-            id: r.id,
+            sandbox: r.label(),
             pid: r.pid,
         });
     }
