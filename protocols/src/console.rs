@@ -1,11 +1,13 @@
 //! `husk.console.v1`: an operator's session in a running guest (proto/console.proto).
 //!
-//! Re-exports the generated messages and owns the framing: a big-endian `u32` byte count, then
-//! one protobuf message. Both peers are untrusted by each other: a frame longer than
-//! [`MAX_FRAME`] is refused before any allocation, a truncated one is an error. This module
-//! never buffers beyond one frame and never retries.
+//! Re-exports the generated messages and encodes them as frames ([`crate::frame`]: a
+//! big-endian `u32` byte count, then one protobuf message). Both peers are untrusted by each
+//! other: a frame longer than [`MAX_FRAME`] is refused before any allocation, a truncated one
+//! is an error. This module never buffers beyond one frame and never retries.
 
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
+
+pub use crate::frame::{FrameError, MAX_FRAME};
 
 pub use crate::generated::console::error::Kind as ErrorKind;
 pub use crate::generated::console::*;
@@ -19,10 +21,6 @@ pub const MAJOR: u32 = 1;
 /// Largest output or input chunk one `Data` frame carries.
 pub const MAX_DATA: usize = 32 * 1024;
 
-/// Largest frame accepted or produced: a full data chunk plus room for the envelope; an `Open`
-/// (arguments, environment) must fit too.
-pub const MAX_FRAME: usize = 64 * 1024;
-
 /// Most sessions one guest serves at once; more are refused with `BUSY`.
 pub const MAX_SESSIONS: usize = 64;
 
@@ -31,80 +29,15 @@ pub fn major_of(protocol: &str) -> Option<u32> {
     protocol.strip_prefix("husk.console.v")?.parse().ok()
 }
 
-/// Why a frame could not be read or written.
-#[derive(Debug, thiserror::Error)]
-pub enum FrameError {
-    /// The stream ended cleanly before the first byte of a frame.
-    #[error("peer closed the stream")]
-    Closed,
-    /// The stream ended inside a frame.
-    #[error("stream ended inside a frame ({got} of {want} bytes)")]
-    Truncated { got: usize, want: usize },
-    /// The length prefix exceeds [`MAX_FRAME`].
-    #[error("frame of {len} bytes exceeds the {MAX_FRAME}-byte limit")]
-    TooLarge { len: usize },
-    /// The body is not the protobuf message the protocol expects.
-    #[error("malformed frame body: {0}")]
-    Malformed(#[from] protobuf::Error),
-    /// Reading or writing the stream failed.
-    #[error("I/O error on the console stream: {0}")]
-    Io(#[from] io::Error),
-}
-
-/// Encodes `msg` as one frame (prefix and body) without writing it.
-pub fn encode<M: protobuf::Message>(msg: &M) -> Result<Vec<u8>, FrameError> {
-    let len = msg.compute_size() as usize;
-    if len > MAX_FRAME {
-        return Err(FrameError::TooLarge { len });
-    }
-    let mut buf = Vec::with_capacity(4 + len);
-    buf.extend_from_slice(&(len as u32).to_be_bytes());
-    msg.write_to_vec(&mut buf)?;
-    Ok(buf)
-}
-
 /// Writes `msg` as one frame with a single `write_all`, so frames written under one lock
 /// never interleave.
 pub fn write_frame<W: Write, M: protobuf::Message>(w: &mut W, msg: &M) -> Result<(), FrameError> {
-    w.write_all(&encode(msg)?)?;
-    w.flush()?;
-    Ok(())
+    crate::frame::write_body(w, &msg.write_to_bytes()?)
 }
 
 /// Reads one frame and decodes it. Returns [`FrameError::Closed`] on a clean end of stream.
 pub fn read_frame<R: Read, M: protobuf::Message>(r: &mut R) -> Result<M, FrameError> {
-    let mut len = [0u8; 4];
-    let got = read_full(r, &mut len)?;
-    if got == 0 {
-        return Err(FrameError::Closed);
-    }
-    if got < len.len() {
-        return Err(FrameError::Truncated { got, want: 4 });
-    }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(FrameError::TooLarge { len });
-    }
-    let mut body = vec![0u8; len];
-    let got = read_full(r, &mut body)?;
-    if got < len {
-        return Err(FrameError::Truncated { got, want: len });
-    }
-    Ok(M::parse_from_bytes(&body)?)
-}
-
-/// Reads until `buf` is full or the stream ends; returns the bytes read.
-fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match r.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
+    Ok(M::parse_from_bytes(&crate::frame::read_body(r)?)?)
 }
 
 /// A client frame carrying `frame`.
@@ -177,10 +110,13 @@ mod tests {
         junk.extend_from_slice(&[0xff, 0xff, 0xff]);
         assert!(matches!(
             read_frame::<_, ClientFrame>(&mut junk.as_slice()),
-            Err(FrameError::Malformed(_))
+            Err(FrameError::MalformedMessage(_))
         ));
         let huge = server(server_frame::Frame::Stdout(data(&vec![0; MAX_FRAME])));
-        assert!(matches!(encode(&huge), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            write_frame(&mut Vec::new(), &huge),
+            Err(FrameError::TooLarge { .. })
+        ));
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! Length-prefixed JSON frames: a big-endian `u32` byte count, then that many bytes of JSON.
+//! Length-prefixed frames: a big-endian `u32` byte count, then that many bytes of body: JSON
+//! here ([`read_frame`], [`write_frame`]), protobuf in [`crate::console`], both through
+//! [`read_body`] and [`write_body`].
 //!
-//! Used by the small control protocols (`husk.init.v1`). The peer is untrusted: a frame longer
+//! Used by the small control protocols (`husk.init.v1`, `husk.stdio.v1`, `husk.console.v1`). The peer is untrusted: a frame longer
 //! than [`MAX_FRAME`] is refused before any allocation, and a truncated frame is an error, not
 //! a short read. This module never buffers beyond one frame and never retries.
 
@@ -27,6 +29,9 @@ pub enum FrameError {
     /// The body is not the JSON the protocol expects.
     #[error("malformed frame body: {0}")]
     Malformed(#[from] serde_json::Error),
+    /// The body is not the protobuf message the protocol expects.
+    #[error("malformed frame body: {0}")]
+    MalformedMessage(#[from] protobuf::Error),
     /// Reading or writing the stream failed.
     #[error("I/O error on frame stream: {0}")]
     Io(#[from] io::Error),
@@ -34,14 +39,19 @@ pub enum FrameError {
 
 /// Serialises `msg` and writes it as one frame.
 pub fn write_frame<W: Write, T: Serialize>(w: &mut W, msg: &T) -> Result<(), FrameError> {
-    let body = serde_json::to_vec(msg)?;
+    write_body(w, &serde_json::to_vec(msg)?)
+}
+
+/// Writes `body` as one frame, prefix and body in a single `write_all`, so frames written
+/// under one lock never interleave.
+pub fn write_body<W: Write>(w: &mut W, body: &[u8]) -> Result<(), FrameError> {
     if body.len() > MAX_FRAME {
         return Err(FrameError::TooLarge { len: body.len() });
     }
     let len = u32::try_from(body.len()).map_err(|_| FrameError::TooLarge { len: body.len() })?;
     let mut buf = Vec::with_capacity(4 + body.len());
     buf.extend_from_slice(&len.to_be_bytes());
-    buf.extend_from_slice(&body);
+    buf.extend_from_slice(body);
     w.write_all(&buf)?;
     w.flush()?;
     Ok(())
@@ -49,6 +59,12 @@ pub fn write_frame<W: Write, T: Serialize>(w: &mut W, msg: &T) -> Result<(), Fra
 
 /// Reads one frame and decodes it. Returns [`FrameError::Closed`] on a clean end of stream.
 pub fn read_frame<R: Read, T: DeserializeOwned>(r: &mut R) -> Result<T, FrameError> {
+    Ok(serde_json::from_slice(&read_body(r)?)?)
+}
+
+/// Reads one frame's body. Returns [`FrameError::Closed`] on a clean end of stream; a length
+/// over [`MAX_FRAME`] is refused before anything is allocated.
+pub fn read_body<R: Read>(r: &mut R) -> Result<Vec<u8>, FrameError> {
     let mut len = [0u8; 4];
     let got = read_full(r, &mut len)?;
     if got == 0 {
@@ -66,7 +82,7 @@ pub fn read_frame<R: Read, T: DeserializeOwned>(r: &mut R) -> Result<T, FrameErr
     if got < len {
         return Err(FrameError::Truncated { got, want: len });
     }
-    Ok(serde_json::from_slice(&body)?)
+    Ok(body)
 }
 
 /// Reads until `buf` is full or the stream ends; returns the bytes read.

@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Component, Path, PathBuf};
 
-use crate::elf::{u16_at, u32_at, u64_at, ElfError, EM_X86_64, PT_INTERP};
+use crate::elf::{program_headers, u16_at, u32_at, u64_at, ElfError, PT_INTERP};
 
 const PT_LOAD: u32 = 1;
 const PT_DYNAMIC: u32 = 2;
@@ -135,30 +135,15 @@ fn c_str(b: &[u8]) -> Result<String, ElfError> {
 /// Reads the loader, needed libraries and search paths of a 64-bit little-endian x86-64
 /// executable or shared object.
 pub fn parse(b: &[u8]) -> Result<DynInfo, ElfError> {
-    if b.get(..4) != Some(b"\x7fELF") {
-        return Err(ElfError::NotElf);
-    }
-    if b.get(4) != Some(&2) || b.get(5) != Some(&1) || u16_at(b, 18)? != EM_X86_64 {
-        return Err(ElfError::WrongArch);
-    }
+    let headers = program_headers(b)?;
     if !matches!(u16_at(b, 16)?, ET_EXEC | ET_DYN) {
         return Err(ElfError::WrongArch);
-    }
-    let phoff = usize::try_from(u64_at(b, 32)?).map_err(|_| ElfError::Malformed)?;
-    let phentsize = usize::from(u16_at(b, 54)?);
-    let phnum = usize::from(u16_at(b, 56)?);
-    if phentsize < 56 {
-        return Err(ElfError::Malformed);
     }
     let mut info = DynInfo::default();
     // (vaddr, offset, filesz) of each PT_LOAD, to find the string table in the file.
     let mut loads = Vec::new();
     let mut dynamic = None;
-    for i in 0..phnum {
-        let off = phentsize
-            .checked_mul(i)
-            .and_then(|o| o.checked_add(phoff))
-            .ok_or(ElfError::Malformed)?;
+    for off in headers {
         let p_type = u32_at(b, off)?;
         let p_offset = u64_at(b, at(off, 8)?)?;
         let p_vaddr = u64_at(b, at(off, 16)?)?;
@@ -424,6 +409,7 @@ fn search(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::elf::EM_X86_64;
 
     const STRACE: &str = "/usr/bin/strace";
 

@@ -45,19 +45,6 @@ impl Drop for RunDir {
     }
 }
 
-/// Whether a process exists and has not exited: a zombie (exited, not yet reaped by its
-/// parent) counts as gone.
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rfind(')')
-            .and_then(|i| stat.get(i + 1..))
-            .and_then(|rest| rest.split_ascii_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
-}
-
 /// Removes directories whose creating husk process no longer exists. Their VMs' processes died
 /// with it (they are spawned with a parent-death signal), so only sockets are left.
 pub fn sweep_stale(run_root: &Path) {
@@ -69,7 +56,7 @@ pub fn sweep_stale(run_root: &Path) {
         let Some(pid) = name.to_str().and_then(creator_pid) else {
             continue;
         };
-        if !alive(pid) {
+        if !husk_state::alive(pid) {
             tracing::info!(dir = %e.path().display(), "removing a stale VM directory");
             let _ = std::fs::remove_dir_all(e.path());
         }

@@ -180,8 +180,9 @@ pub fn register(dir: &Path, r: &Record) -> Result<Registered, StateError> {
     })
 }
 
-/// Whether a process exists and has not exited (a zombie counts as gone).
-fn alive(pid: u32) -> bool {
+/// Whether a process exists and has not exited: a zombie (exited, not yet reaped by its
+/// parent) counts as gone.
+pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => stat
             .rfind(')')
