@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Benchmarks husk under a real containerd against runc under the same containerd, on the same
 # busybox image: `ctr run --rm IMAGE ID true` latency (median of N runs each, interleaved),
-# and the host memory (PSS) of one idle pod: the shim plus everything it started (for husk:
-# QEMU, virtiofsd, vhost-device-vsock; for runc: the container's process). Prints ratios.
+# the host memory (PSS) of one idle pod: the shim plus everything it started (for husk:
+# QEMU, virtiofsd, vhost-device-vsock; for runc: the container's process), and the latency of
+# running `true` in a running container: `ctr task exec` (husk's shim and agent; runc) and
+# `husk exec` through the guest console (into the guest, and into the container). Prints ratios.
 #
 # Usage: scripts/bench-containerd.sh [N]    (after scripts/setup.sh; N defaults to 10)
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -20,7 +22,8 @@ cd_pid=
 cleanup() {
     [[ -n $cd_pid ]] && { ctr -a "$S" task kill -s KILL idle-husk >/dev/null 2>&1;
         ctr -a "$S" task kill -s KILL idle-runc >/dev/null 2>&1;
-        for t in idle-husk idle-runc; do ctr -a "$S" task rm -f "$t" >/dev/null 2>&1; ctr -a "$S" c rm "$t" >/dev/null 2>&1; done
+        ctr -a "$S" task kill -s KILL exec-husk >/dev/null 2>&1;
+        for t in idle-husk idle-runc exec-husk; do ctr -a "$S" task rm -f "$t" >/dev/null 2>&1; ctr -a "$S" c rm "$t" >/dev/null 2>&1; done
         kill "$cd_pid" 2>/dev/null; wait "$cd_pid" 2>/dev/null; }
     rm -rf "$work"
 }
@@ -85,6 +88,24 @@ for rt in husk runc; do
     pss[$rt]=$(tree_pss "$shim")
 done
 
+step "true in a running container: $N runs each, interleaved (ctr task exec; husk exec through the console)"
+# A pod of its own with the guest console (the debug image), so the idle pod above stays as is.
+ctr -a "$S" run -d --runtime io.containerd.husk.v2 --annotation io.husk.image=debug \
+    "$IMG" exec-husk sleep 100000 >/dev/null
+declare -A exec_times
+for i in $(seq "$N"); do
+    for kind in runc husk console console-ctr; do
+        t0=$(date +%s%N)
+        case $kind in
+            runc) ctr -a "$S" task exec --exec-id "e$i" idle-runc true ;;
+            husk) ctr -a "$S" task exec --exec-id "e$i" exec-husk true ;;
+            console) "$HUSK" exec exec-husk -- true ;;
+            console-ctr) "$HUSK" exec --container exec-husk exec-husk -- true ;;
+        esac || die "$kind exec $i failed: $(tail -5 "$work/containerd.log")"
+        exec_times[$kind]+="$(ms "$t0") "
+    done
+done
+
 printf "\ncontainerd benchmark: %d runs each; /dev/kvm: %s\n" "$N" "$("$HUSK" check --json 2>/dev/null | sed -n 's/.*"kvm": "\(.*\)",/\1/p')"
 printf '  ctr run --rm true                    min      median         max\n'
 printf '  husk (io.containerd.husk.v2)   %7d ms  %7d ms  %7d ms\n' "$hmin" "$hmed" "$hmax"
@@ -93,3 +114,17 @@ awk -v h="$hmed" -v r="$rmed" 'BEGIN {printf "  ratio husk / runc (median)     %
 printf '\n  idle pod, host PSS (shim + what it started)\n'
 awk -v h="${pss[husk]}" -v r="${pss[runc]}" 'BEGIN {
     printf "  husk   %8.1f MiB\n  runc   %8.1f MiB\n  ratio husk / runc  %.1f×\n", h/1024, r/1024, h/r }'
+printf '\n  true in a running container          min      median         max\n'
+for kind in runc husk console console-ctr; do
+    read -r min med max <<<"$(stats "${exec_times[$kind]}")"
+    case $kind in
+        runc) label="ctr task exec, runc" ;;
+        husk) label="ctr task exec, husk" ;;
+        console) label="husk exec (guest)" ;;
+        console-ctr) label="husk exec --container" ;;
+    esac
+    printf '  %-28s %7d ms  %7d ms  %7d ms\n' "$label" "$min" "$med" "$max"
+    eval "med_${kind//-/_}=$med"
+done
+awk -v h="$med_husk" -v c="$med_console" -v cc="$med_console_ctr" -v r="$med_runc" 'BEGIN {
+    printf "  ratio husk / runc (median): ctr task exec %.1f×, husk exec %.1f×, husk exec --container %.1f×\n", h/r, c/r, cc/r }'
