@@ -347,24 +347,7 @@ fn row(i: &ImageInfo) -> [String; 7] {
 
 /// Rows with their columns aligned (two spaces apart), header first.
 fn render(rows: &[[String; 7]]) -> String {
-    let header = HEADER.map(str::to_owned);
-    let mut widths = header.clone().map(|h| h.chars().count());
-    for r in rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    std::iter::once(&header)
-        .chain(rows)
-        .map(|r| {
-            let cells: Vec<String> = r
-                .iter()
-                .zip(widths)
-                .map(|(c, w)| format!("{c:<w$}"))
-                .collect();
-            format!("{}\n", cells.join("  ").trim_end())
-        })
-        .collect()
+    crate::table::columns(&HEADER, rows)
 }
 
 pub fn list(args: &ListArgs) -> anyhow::Result<ExitCode> {

@@ -18,6 +18,7 @@ mod ps;
 mod run;
 mod table;
 mod terminal;
+mod trace;
 mod vm;
 
 use std::path::PathBuf;
@@ -72,6 +73,9 @@ enum Command {
     /// Guest images.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Traces in husk's local trace store: list, show as a waterfall, export as JSON.
+    #[command(subcommand)]
+    Trace(trace::TraceCommand),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -187,6 +191,7 @@ fn main() -> ExitCode {
         Command::Image(ImageCommand::Busybox(args)) => image::busybox(&args),
         Command::Image(ImageCommand::List(args)) => image::list(&args),
         Command::Image(ImageCommand::Show(args)) => image::show(&args),
+        Command::Trace(cmd) => trace::run(&cmd),
         Command::Bench(BenchCommand::Boot(args)) => bench::boot(&args),
         Command::Bench(BenchCommand::Run(args)) => bench_run::run(&args),
         Command::Bench(BenchCommand::Vsock(args)) => bench_vsock::run(&args),

@@ -41,23 +41,12 @@ pub fn run(json: bool, config: Option<&Path>) -> anyhow::Result<ExitCode> {
             ]
         })
         .collect();
-    let header = [
-        "ID", "NAME", "IMAGE", "COMMAND", "AGE", "STATUS", "FROM", "CONSOLE", "BACK END",
-    ]
-    .map(str::to_owned);
-    let mut widths = header.clone().map(|h| h.chars().count());
-    for row in &rows {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    for row in std::iter::once(&header).chain(&rows) {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", line.join("  ").trim_end());
-    }
+    print!(
+        "{}",
+        crate::table::columns(
+            &["ID", "NAME", "IMAGE", "COMMAND", "AGE", "STATUS", "FROM", "CONSOLE", "BACK END"],
+            &rows
+        )
+    );
     Ok(ExitCode::SUCCESS)
 }
