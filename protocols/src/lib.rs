@@ -20,3 +20,4 @@ pub mod mac;
 pub mod manifest;
 pub mod ports;
 pub mod stdio;
+pub mod trace_context;
