@@ -12,6 +12,13 @@ pub const MANIFEST_PATH: &str = "/etc/husk/manifest.json";
 /// The name of husk-console's service in a manifest: the host reads a VM's console from it.
 pub const CONSOLE_SERVICE: &str = "console";
 
+/// Where the host keeps an image's manifest: beside it, as `<image>.manifest.json`.
+pub fn manifest_path_for(image: &std::path::Path) -> std::path::PathBuf {
+    let mut s = image.as_os_str().to_owned();
+    s.push(".manifest.json");
+    s.into()
+}
+
 /// Current manifest schema version.
 pub const SCHEMA: u32 = 1;
 

@@ -367,12 +367,7 @@ fn add_selinux(t: &mut Tree) -> Result<SelinuxPolicy, ImageError> {
     })
 }
 
-/// Path of the manifest written beside an image.
-pub fn manifest_path_for(image: &Path) -> PathBuf {
-    let mut s = image.as_os_str().to_owned();
-    s.push(".manifest.json");
-    s.into()
-}
+pub use husk_protocols::manifest::manifest_path_for;
 
 /// Builds the image described by `spec`.
 pub fn build(spec: &ImageSpec) -> Result<BuildReport, ImageError> {

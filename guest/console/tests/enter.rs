@@ -1,11 +1,10 @@
 //! Entering a container with the real binary: a process of the test's own making in a new UTS
 //! namespace (with its own hostname) stands for a container, recorded as the agent would.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use husk_protocols::console::{
     client, client_frame, read_frame, server_frame, write_frame, ErrorKind, Open, ServerFrame,
@@ -70,20 +69,25 @@ fn record(dir: &std::path::Path, id: &str, pid: u32) {
 /// The console, listening on a Unix socket in `dir`.
 fn console(dir: &std::path::Path) -> (Reaped, std::path::PathBuf) {
     let sock = dir.join("console.sock");
-    let child = Command::new(env!("CARGO_BIN_EXE_husk-console"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_husk-console"))
         .arg("--listen")
         .arg(format!("unix:{}", sock.display()))
         .arg("--containers")
         .arg(dir)
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("starting husk-console");
+    // It logs "serving on …" once it listens; the rest of its log is drained and dropped.
+    let mut log = BufReader::new(child.stderr.take().expect("the console's stderr")).lines();
     let child = Reaped(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while UnixStream::connect(&sock).is_err() {
-        assert!(Instant::now() < deadline, "the console never listened");
-        std::thread::sleep(Duration::from_millis(10));
+    loop {
+        match log.next() {
+            Some(Ok(line)) if line.contains("serving on") => break,
+            Some(Ok(_)) => {}
+            other => panic!("the console never listened: {other:?}"),
+        }
     }
+    std::thread::spawn(move || log.for_each(drop));
     (child, sock)
 }
 

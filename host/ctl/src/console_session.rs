@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
 use husk_protocols::console::{
-    self, client_frame, server_frame, ErrorKind, Open, ServerFrame, StdinEof, WindowSize, MAX_DATA,
+    self, client_frame, server_frame, ErrorKind, Open, ServerFrame, StdinEof, MAX_DATA,
 };
 use nix::sys::signal::{SigSet, Signal};
 
@@ -151,13 +151,8 @@ fn relay_signals(w: &Writer, mask: SigSet, tty: bool) {
     loop {
         let Ok(sig) = mask.wait() else { return };
         let sent = match sig {
-            Signal::SIGWINCH if tty => match terminal::size() {
-                Some((rows, cols)) => {
-                    let mut ws = WindowSize::new();
-                    ws.rows = rows;
-                    ws.cols = cols;
-                    send(w, client_frame::Frame::Resize(ws))
-                }
+            Signal::SIGWINCH if tty => match terminal::window_size() {
+                Some(ws) => send(w, client_frame::Frame::Resize(ws)),
                 None => Ok(()),
             },
             Signal::SIGWINCH => Ok(()),

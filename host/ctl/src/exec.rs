@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use husk_protocols::console::{ErrorKind, Open, WindowSize, PROTOCOL};
+use husk_protocols::console::{ErrorKind, Open, PROTOCOL};
 use husk_state::{Record, StateError};
 
 use crate::console_session::{self, Ended};
@@ -202,12 +202,7 @@ pub fn run(args: &ExecArgs) -> anyhow::Result<ExitCode> {
                 open.env.insert(0, format!("TERM={term}"));
             }
         }
-        if let Some((rows, cols)) = terminal::size() {
-            let mut ws = WindowSize::new();
-            ws.rows = rows;
-            ws.cols = cols;
-            open.size = Some(ws).into();
-        }
+        open.size = terminal::window_size().into();
     }
     open.cwd = args.workdir.clone().unwrap_or_default();
     open.container_id = args.container.clone().unwrap_or_default();

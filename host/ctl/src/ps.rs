@@ -6,11 +6,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 fn age(created: u64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(created);
-    let s = now.saturating_sub(created);
+    let s = husk_state::epoch_secs().saturating_sub(created);
     match s {
         0..=59 => format!("{s}s"),
         60..=3599 => format!("{}m", s / 60),

@@ -449,10 +449,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             image: args.container_image.display().to_string(),
             command: command.clone(),
             pid: std::process::id(),
-            created: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            created: husk_state::epoch_secs(),
             backend: hv.describe(),
             origin: husk_state::Origin::Run,
             vsock: None,

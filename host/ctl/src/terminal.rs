@@ -53,6 +53,16 @@ pub fn restore_on_panic() {
     }));
 }
 
+/// The terminal's size as a console `WindowSize`, if husk has a terminal.
+pub fn window_size() -> Option<husk_protocols::console::WindowSize> {
+    size().map(|(rows, cols)| {
+        let mut ws = husk_protocols::console::WindowSize::new();
+        ws.rows = rows;
+        ws.cols = cols;
+        ws
+    })
+}
+
 /// The size (rows, columns) of the terminal on husk's stdout or stdin, if either is one.
 pub fn size() -> Option<(u32, u32)> {
     [1, 0].into_iter().find_map(|fd| {

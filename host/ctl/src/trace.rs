@@ -55,10 +55,6 @@ fn store(config: Option<&std::path::Path>) -> anyhow::Result<TraceStore> {
     Ok(TraceStore::in_state_dir(&config.runtime.state_dir))
 }
 
-fn ms(nanos: u64) -> String {
-    format!("{:.1} ms", nanos as f64 / 1e6)
-}
-
 pub fn run(cmd: &TraceCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         TraceCommand::List { json, config } => {
@@ -80,7 +76,7 @@ pub fn run(cmd: &TraceCommand) -> anyhow::Result<ExitCode> {
                         t.root.clone(),
                         t.spans.to_string(),
                         t.errors.to_string(),
-                        ms(t.duration_nanos),
+                        crate::table::ms(std::time::Duration::from_nanos(t.duration_nanos)),
                         t.services.join(", "),
                     ]
                 })

@@ -201,10 +201,7 @@ impl Pod {
                 image: "(containerd pod)".into(),
                 command: Vec::new(),
                 pid: std::process::id(),
-                created: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0),
+                created: husk_state::epoch_secs(),
                 backend: config.hypervisor.backend.name().to_owned(),
                 origin: husk_state::Origin::Shim,
                 vsock: Some(booted.vsock.clone()),

@@ -180,6 +180,14 @@ pub fn register(dir: &Path, r: &Record) -> Result<Registered, StateError> {
     })
 }
 
+/// Seconds since the epoch, as records keep `created`.
+pub fn epoch_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// Whether a process exists and has not exited: a zombie (exited, not yet reaped by its
 /// parent) counts as gone.
 pub fn alive(pid: u32) -> bool {
@@ -278,10 +286,8 @@ pub fn find(dir: &Path, query: &str) -> Result<Record, StateError> {
 /// its manifest (beside the image) lists a `console` service that the command line enables,
 /// by the rule husk-init applies.
 pub fn console_enabled(image: &Path, cmdline: &[String]) -> bool {
-    use husk_protocols::manifest::ImageManifest;
-    let mut manifest = image.as_os_str().to_owned();
-    manifest.push(".manifest.json");
-    let Some(m) = std::fs::read(&manifest)
+    use husk_protocols::manifest::{manifest_path_for, ImageManifest};
+    let Some(m) = std::fs::read(manifest_path_for(image))
         .ok()
         .and_then(|b| serde_json::from_slice::<ImageManifest>(&b).ok())
     else {
