@@ -17,6 +17,16 @@ pub const AGENT_CLAIM_MAJOR: &str = "husk.agent.claim_major";
 /// `agent.debug_console`. The debug image starts the console whatever this says.
 pub const CONSOLE: &str = "husk.console";
 
+/// Tracing (`husk.tracing=1`): husk-init starts husk-tracer, and the guest's husk processes
+/// send their spans to it (ARCHITECTURE.md §5). Off unless set; the host sets it with
+/// `tracing.enabled`. Off means no tracer process and no span export at all.
+pub const TRACING: &str = "husk.tracing";
+
+/// The trace the guest's boot belongs to (`husk.traceparent=00-…-…-01`, W3C form): husk-init's
+/// spans become children of the host span that booted the VM. Parsed strictly
+/// ([`crate::trace_context::TraceParent::parse`]); a malformed value starts no trace.
+pub const TRACEPARENT: &str = "husk.traceparent";
+
 /// The agent's own seccomp filter: `enforce` (default), `log` (log what it would refuse) or
 /// `off` (`husk.agent.seccomp=log`).
 pub const AGENT_SECCOMP: &str = "husk.agent.seccomp";

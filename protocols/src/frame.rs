@@ -23,9 +23,9 @@ pub enum FrameError {
     /// The stream ended inside a frame.
     #[error("stream ended inside a frame ({got} of {want} bytes)")]
     Truncated { got: usize, want: usize },
-    /// The length prefix exceeds [`MAX_FRAME`].
-    #[error("frame of {len} bytes exceeds the {MAX_FRAME}-byte limit")]
-    TooLarge { len: usize },
+    /// The length prefix exceeds the protocol's limit ([`MAX_FRAME`] unless it says otherwise).
+    #[error("frame of {len} bytes exceeds the {max}-byte limit")]
+    TooLarge { len: usize, max: usize },
     /// The body is not the JSON the protocol expects.
     #[error("malformed frame body: {0}")]
     Malformed(#[from] serde_json::Error),
@@ -45,10 +45,19 @@ pub fn write_frame<W: Write, T: Serialize>(w: &mut W, msg: &T) -> Result<(), Fra
 /// Writes `body` as one frame, prefix and body in a single `write_all`, so frames written
 /// under one lock never interleave.
 pub fn write_body<W: Write>(w: &mut W, body: &[u8]) -> Result<(), FrameError> {
-    if body.len() > MAX_FRAME {
-        return Err(FrameError::TooLarge { len: body.len() });
+    write_body_max(w, body, MAX_FRAME)
+}
+
+/// [`write_body`] for a protocol whose frames may be up to `max` bytes.
+pub fn write_body_max<W: Write>(w: &mut W, body: &[u8], max: usize) -> Result<(), FrameError> {
+    let too_large = || FrameError::TooLarge {
+        len: body.len(),
+        max,
+    };
+    if body.len() > max {
+        return Err(too_large());
     }
-    let len = u32::try_from(body.len()).map_err(|_| FrameError::TooLarge { len: body.len() })?;
+    let len = u32::try_from(body.len()).map_err(|_| too_large())?;
     let mut buf = Vec::with_capacity(4 + body.len());
     buf.extend_from_slice(&len.to_be_bytes());
     buf.extend_from_slice(body);
@@ -65,6 +74,11 @@ pub fn read_frame<R: Read, T: DeserializeOwned>(r: &mut R) -> Result<T, FrameErr
 /// Reads one frame's body. Returns [`FrameError::Closed`] on a clean end of stream; a length
 /// over [`MAX_FRAME`] is refused before anything is allocated.
 pub fn read_body<R: Read>(r: &mut R) -> Result<Vec<u8>, FrameError> {
+    read_body_max(r, MAX_FRAME)
+}
+
+/// [`read_body`] for a protocol whose frames may be up to `max` bytes.
+pub fn read_body_max<R: Read>(r: &mut R, max: usize) -> Result<Vec<u8>, FrameError> {
     let mut len = [0u8; 4];
     let got = read_full(r, &mut len)?;
     if got == 0 {
@@ -74,8 +88,8 @@ pub fn read_body<R: Read>(r: &mut R) -> Result<Vec<u8>, FrameError> {
         return Err(FrameError::Truncated { got, want: 4 });
     }
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(FrameError::TooLarge { len });
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
     }
     let mut body = vec![0u8; len];
     let got = read_full(r, &mut body)?;
@@ -122,7 +136,7 @@ mod tests {
     fn oversized_length_is_refused_without_reading_body() {
         let bytes = u32::MAX.to_be_bytes();
         let r: Result<u32, _> = read_frame(&mut bytes.as_slice());
-        assert!(matches!(r, Err(FrameError::TooLarge { len }) if len == u32::MAX as usize));
+        assert!(matches!(r, Err(FrameError::TooLarge { len, .. }) if len == u32::MAX as usize));
     }
 
     #[test]

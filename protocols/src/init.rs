@@ -45,6 +45,11 @@ pub struct Ready {
     pub flavour: String,
     /// `CLOCK_BOOTTIME` when readiness was sent, in nanoseconds.
     pub uptime_ns: u64,
+    /// `CLOCK_REALTIME` when readiness was sent, in nanoseconds since the Unix epoch (0 from an
+    /// older init). The host compares it with its own clock on receipt to learn the guest's
+    /// clock offset, and shifts guest spans by it so a trace's waterfall is honest.
+    #[serde(default)]
+    pub realtime_ns: u64,
     /// `uname -r` of the guest kernel.
     pub kernel_release: String,
     /// Names of the services init started.
@@ -87,6 +92,7 @@ mod tests {
             build_id: "abc".into(),
             flavour: "debug".into(),
             uptime_ns: 12,
+            realtime_ns: 1_700_000_000_000_000_000,
             kernel_release: "6.1".into(),
             services: vec!["shell".into()],
             entropy_seeded: true,

@@ -21,3 +21,4 @@ pub mod manifest;
 pub mod ports;
 pub mod stdio;
 pub mod trace_context;
+pub mod trace_wire;

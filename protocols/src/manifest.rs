@@ -12,6 +12,11 @@ pub const MANIFEST_PATH: &str = "/etc/husk/manifest.json";
 /// The name of husk-console's service in a manifest: the host reads a VM's console from it.
 pub const CONSOLE_SERVICE: &str = "console";
 
+/// The name of husk-tracer's service in a manifest; it is enabled by
+/// [`crate::cmdline::TRACING`], and husk-init stops it last at shutdown, after the services
+/// whose spans it forwards have exited.
+pub const TRACER_SERVICE: &str = "tracer";
+
 /// Where the host keeps an image's manifest: beside it, as `<image>.manifest.json`.
 pub fn manifest_path_for(image: &std::path::Path) -> std::path::PathBuf {
     let mut s = image.as_os_str().to_owned();

@@ -158,6 +158,10 @@ fn run(cmdline_text: &str) -> anyhow::Result<Infallible> {
         build_id: manifest.build_id.clone(),
         flavour: manifest.flavour.clone(),
         uptime_ns: up.as_nanos() as u64,
+        realtime_ns: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default(),
         kernel_release: nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default(),

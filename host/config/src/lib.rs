@@ -1,6 +1,6 @@
 //! husk's runtime configuration: `/etc/husk/config.toml` (or the file `--config` or
 //! `$HUSK_CONFIG` names), then the drop-ins in `config.d/` beside it, over defaults that work on
-//! a fresh machine. Sections `[hypervisor]`, `[agent]` and `[runtime]`; every key is described
+//! a fresh machine. Sections `[hypervisor]`, `[agent]`, `[runtime]` and `[tracing]`; every key is described
 //! in `docs/config.md`.
 //!
 //! Owns the typed configuration, its defaults and where each value came from. Must never act on
@@ -129,8 +129,6 @@ pub struct AgentConfig {
     /// `debug_console`: run husk-console in the guest (`husk exec`; `husk.console=1` on the
     /// kernel command line), and boot the debug image unless `hypervisor.image` is set.
     pub debug_console: bool,
-    /// `tracing`: the guest's trace forwarder sends the agent's spans to the host.
-    pub tracing: bool,
     /// `log_level`: log level of the guest's husk components (`husk.log=` on the kernel
     /// command line); one of [`LOG_LEVELS`].
     pub log_level: String,
@@ -167,6 +165,51 @@ pub struct RuntimeConfig {
     pub log_root: PathBuf,
     /// `shared_fs`: how root filesystems and volumes are shared into the guest.
     pub shared_fs: SharedFs,
+}
+
+/// How spans reach an OTLP collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub enum OtlpProtocol {
+    /// OTLP/HTTP with protobuf bodies (`POST <endpoint>/v1/traces`; port 4318 by convention).
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    /// OTLP/gRPC (port 4317 by convention).
+    #[serde(rename = "grpc")]
+    Grpc,
+}
+
+impl OtlpProtocol {
+    /// The name used in the file (OpenTelemetry's `OTEL_EXPORTER_OTLP_PROTOCOL` values).
+    pub fn name(self) -> &'static str {
+        match self {
+            OtlpProtocol::HttpProtobuf => "http/protobuf",
+            OtlpProtocol::Grpc => "grpc",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [OtlpProtocol::HttpProtobuf, OtlpProtocol::Grpc]
+            .into_iter()
+            .find(|p| p.name() == s)
+    }
+}
+
+/// `[tracing]`: one trace per sandbox, from the shim's Task API calls down to the guest's
+/// agent and jail (ARCHITECTURE.md §5). Off by default; off costs nothing: no tracer in the
+/// guest, no spans exported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TracingConfig {
+    /// `enabled`: trace sandboxes (adds `husk.tracing=1` to the kernel command line, which
+    /// starts husk-tracer in the guest).
+    pub enabled: bool,
+    /// `otlp_endpoint`: an OTLP collector (Jaeger, the OpenTelemetry Collector) to export to,
+    /// e.g. `http://127.0.0.1:4318`; empty: none.
+    pub otlp_endpoint: String,
+    /// `otlp_protocol`: how to reach `otlp_endpoint`.
+    pub otlp_protocol: OtlpProtocol,
+    /// `store`: keep every trace in `<runtime.state_dir>/traces` for `husk trace`.
+    pub store: bool,
 }
 
 /// Where a key's effective value came from.
@@ -222,6 +265,7 @@ pub struct Config {
     pub hypervisor: HypervisorConfig,
     pub agent: AgentConfig,
     pub runtime: RuntimeConfig,
+    pub tracing: TracingConfig,
     /// Which layer set each key (full dotted key → source); every key is present.
     #[serde(skip)]
     pub sources: BTreeMap<String, Source>,
@@ -282,7 +326,6 @@ impl Config {
             },
             agent: AgentConfig {
                 debug_console: false,
-                tracing: false,
                 log_level: "info".to_owned(),
                 selinux: true,
                 ready_timeout_secs: DEFAULT_READY_TIMEOUT_SECS,
@@ -294,6 +337,12 @@ impl Config {
                 log_root: husk_hypervisor::config::DEFAULT_LOG_ROOT.into(),
                 shared_fs: SharedFs::VirtioFs,
             },
+            tracing: TracingConfig {
+                enabled: false,
+                otlp_endpoint: String::new(),
+                otlp_protocol: OtlpProtocol::HttpProtobuf,
+                store: true,
+            },
             sources,
             base: PathBuf::new(),
             files: Vec::new(),
@@ -302,7 +351,8 @@ impl Config {
     }
 
     /// The kernel command-line words every VM gets: the guest's log level
-    /// (`agent.log_level`), the console when `agent.debug_console` is on, SELinux off when `agent.selinux` is false, then
+    /// (`agent.log_level`), the console when `agent.debug_console` is on, SELinux off when
+    /// `agent.selinux` is false, the tracer when `tracing.enabled` is on, then
     /// `hypervisor.kernel_params` (last, so they win).
     pub fn kernel_params(&self) -> Vec<String> {
         use husk_protocols::cmdline;
@@ -312,6 +362,9 @@ impl Config {
         }
         if !self.agent.selinux {
             words.push(format!("{}={}", cmdline::SELINUX, cmdline::SELINUX_OFF));
+        }
+        if self.tracing.enabled {
+            words.push(format!("{}=1", cmdline::TRACING));
         }
         words.extend(self.hypervisor.kernel_params.iter().cloned());
         words

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 
 use toml::Value;
 
-use crate::{Backend, Config, ConfigError, SharedFs, LOG_LEVELS};
+use crate::{Backend, Config, ConfigError, OtlpProtocol, SharedFs, LOG_LEVELS};
 
 /// The sections, in the order they are shown.
-pub(crate) const SECTIONS: [&str; 3] = ["hypervisor", "agent", "runtime"];
+pub(crate) const SECTIONS: [&str; 4] = ["hypervisor", "agent", "runtime", "tracing"];
 
 /// The TOML type a key takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,14 +111,6 @@ pub(crate) static KEYS: &[KeySpec] = &[
     },
     KeySpec {
         section: "agent",
-        name: "tracing",
-        kind: Kind::Bool,
-        expected: "true or false",
-        apply: |c, v| set(&mut c.agent.tracing, v.as_bool()),
-        get: |c| Value::from(c.agent.tracing),
-    },
-    KeySpec {
-        section: "agent",
         name: "log_level",
         kind: Kind::Str,
         expected: "one of \"error\", \"warn\", \"info\", \"debug\", \"trace\"",
@@ -189,6 +181,49 @@ pub(crate) static KEYS: &[KeySpec] = &[
             )
         },
         get: |c| Value::from(c.runtime.shared_fs.name()),
+    },
+    // [tracing]
+    KeySpec {
+        section: "tracing",
+        name: "enabled",
+        kind: Kind::Bool,
+        expected: "true or false",
+        apply: |c, v| set(&mut c.tracing.enabled, v.as_bool()),
+        get: |c| Value::from(c.tracing.enabled),
+    },
+    KeySpec {
+        section: "tracing",
+        name: "otlp_endpoint",
+        kind: Kind::Str,
+        expected: "an http:// URL (\"\" for none)",
+        apply: |c, v| {
+            let url = v
+                .as_str()
+                .filter(|s| s.is_empty() || s.starts_with("http://"));
+            set(&mut c.tracing.otlp_endpoint, url.map(str::to_owned))
+        },
+        get: |c| Value::from(c.tracing.otlp_endpoint.as_str()),
+    },
+    KeySpec {
+        section: "tracing",
+        name: "otlp_protocol",
+        kind: Kind::Str,
+        expected: "\"http/protobuf\" or \"grpc\"",
+        apply: |c, v| {
+            set(
+                &mut c.tracing.otlp_protocol,
+                v.as_str().and_then(OtlpProtocol::parse),
+            )
+        },
+        get: |c| Value::from(c.tracing.otlp_protocol.name()),
+    },
+    KeySpec {
+        section: "tracing",
+        name: "store",
+        kind: Kind::Bool,
+        expected: "true or false",
+        apply: |c, v| set(&mut c.tracing.store, v.as_bool()),
+        get: |c| Value::from(c.tracing.store),
     },
 ];
 

@@ -71,7 +71,9 @@ fn defaults_with_no_file() {
     assert_eq!(c.hypervisor.memory_mib, 256);
     assert!(c.hypervisor.kernel_params.is_empty());
     assert!(!c.agent.debug_console);
-    assert!(!c.agent.tracing);
+    assert!(!c.tracing.enabled);
+    assert!(c.tracing.store);
+    assert_eq!(c.tracing.otlp_protocol, crate::OtlpProtocol::HttpProtobuf);
     assert_eq!(c.agent.log_level, "info");
     assert!(c.agent.selinux);
     assert_eq!(c.agent.ready_timeout_secs, 60);
@@ -131,7 +133,7 @@ fn drop_ins_override_in_lexical_order() {
     let a = d.write(
         "config.d/10-a.toml",
         "[hypervisor]\nmemory_mib = 768\nkernel_params = [\"quiet\", \"loglevel=3\"]\n\
-         [agent]\ntracing = true\n",
+         [tracing]\nenabled = true\n",
     );
     d.write("config.d/30-c.conf", "not toml at all [");
     d.write("config.d/.40-hidden.toml", "bogus = 1");
@@ -143,11 +145,11 @@ fn drop_ins_override_in_lexical_order() {
     assert_eq!(c.hypervisor.memory_mib, 1024);
     assert_eq!(c.hypervisor.backend, Backend::Qemu);
     assert_eq!(c.hypervisor.kernel_params, ["quiet", "loglevel=3"]);
-    assert!(c.agent.tracing);
+    assert!(c.tracing.enabled);
     assert_eq!(c.source("hypervisor.vcpus"), Some(&file(&base)));
     assert_eq!(c.source("hypervisor.memory_mib"), Some(&file(&b)));
     assert_eq!(c.source("hypervisor.kernel_params"), Some(&file(&a)));
-    assert_eq!(c.source("agent.tracing"), Some(&file(&a)));
+    assert_eq!(c.source("tracing.enabled"), Some(&file(&a)));
     assert_eq!(c.source("agent.debug_console"), Some(&Source::Default));
 }
 
@@ -362,7 +364,7 @@ fn syntax_errors_name_the_file() {
         .starts_with(&format!("{} is not valid TOML", p.display())));
 
     let d = Dir::new();
-    d.write("config.toml", "[agent]\ntracing = true\ntracing = false\n");
+    d.write("config.toml", "[tracing]\nenabled = true\nenabled = false\n");
     assert!(matches!(d.load(), Err(ConfigError::Syntax { .. })));
 }
 
@@ -586,4 +588,28 @@ fn backend_converts_to_the_hypervisor_choice() {
         let choice: BackendChoice = b.into();
         assert_eq!(b.name().parse::<BackendChoice>().unwrap(), choice);
     }
+}
+
+#[test]
+fn tracing_turns_on_the_guest_tracer_and_checks_its_endpoint() {
+    let d = Dir::new();
+    d.write(
+        "config.toml",
+        "[tracing]\nenabled = true\notlp_endpoint = \"http://127.0.0.1:4317\"\notlp_protocol = \"grpc\"\nstore = false\n",
+    );
+    let c = d.load().unwrap();
+    assert!(c.kernel_params().contains(&"husk.tracing=1".to_owned()));
+    assert_eq!(c.tracing.otlp_protocol, crate::OtlpProtocol::Grpc);
+    assert_eq!(c.tracing.otlp_endpoint, "http://127.0.0.1:4317");
+    assert!(!c.tracing.store);
+
+    let d = Dir::new();
+    d.write("config.toml", "[tracing]\notlp_endpoint = \"udp://jaeger:6831\"\n");
+    let err = d.load().unwrap_err().to_string();
+    assert!(err.contains("tracing.otlp_endpoint") && err.contains("http://"), "{err}");
+
+    let d = Dir::new();
+    d.write("config.toml", "[tracing]\notlp_protocol = \"thrift\"\n");
+    assert!(d.load().unwrap_err().to_string().contains("grpc"));
+    assert!(!Dir::new().load().unwrap().kernel_params().iter().any(|w| w.contains("tracing")));
 }
