@@ -45,6 +45,10 @@ pub struct Ready {
     pub flavour: String,
     /// `CLOCK_BOOTTIME` when readiness was sent, in nanoseconds.
     pub uptime_ns: u64,
+    /// `CLOCK_BOOTTIME` when husk-init started, in nanoseconds (0 from an older init): the
+    /// kernel's part of the boot, as a trace shows it.
+    #[serde(default)]
+    pub init_started_ns: u64,
     /// `CLOCK_REALTIME` when readiness was sent, in nanoseconds since the Unix epoch (0 from an
     /// older init). The host compares it with its own clock on receipt to learn the guest's
     /// clock offset, and shifts guest spans by it so a trace's waterfall is honest.
@@ -68,7 +72,13 @@ pub struct Ready {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum HostMessage {
     /// Stop services, sync filesystems and leave the VM.
-    Shutdown { reason: String },
+    Shutdown {
+        reason: String,
+        /// W3C `traceparent` of the host span asking (tracing on): husk-init's shutdown span
+        /// joins its trace.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        traceparent: Option<String>,
+    },
     /// A message type this build does not know.
     #[serde(other)]
     Unknown,
@@ -93,6 +103,7 @@ mod tests {
             flavour: "debug".into(),
             uptime_ns: 12,
             realtime_ns: 1_700_000_000_000_000_000,
+            init_started_ns: 5,
             kernel_release: "6.1".into(),
             services: vec!["shell".into()],
             entropy_seeded: true,
@@ -110,7 +121,13 @@ mod tests {
         assert_eq!(m, HostMessage::Unknown);
         let m: HostMessage =
             serde_json::from_str(r#"{"type":"shutdown","reason":"r","extra":true}"#).unwrap();
-        assert_eq!(m, HostMessage::Shutdown { reason: "r".into() });
+        assert_eq!(
+            m,
+            HostMessage::Shutdown {
+                reason: "r".into(),
+                traceparent: None
+            }
+        );
     }
 
     #[test]

@@ -32,6 +32,10 @@ pub struct StreamOpen {
     #[serde(default)]
     pub exec_id: String,
     pub stream: StreamKind,
+    /// W3C `traceparent` of the host span that opened the stream (tracing on), so the agent's
+    /// stream span joins the same trace; absent from an untraced or older host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// The agent's answer; on an error the connection closes.
@@ -53,6 +57,7 @@ mod tests {
             container_id: "c1".into(),
             exec_id: String::new(),
             stream: StreamKind::Stdout,
+            traceparent: None,
         };
         let mut buf = Vec::new();
         write_frame(&mut buf, &open).unwrap();

@@ -51,7 +51,10 @@ mod tests {
         let big = vec![0u8; MAX_TRACE_FRAME + 1];
         assert!(matches!(
             write_trace_frame(&mut Vec::new(), &big),
-            Err(FrameError::TooLarge { max: MAX_TRACE_FRAME, .. })
+            Err(FrameError::TooLarge {
+                max: MAX_TRACE_FRAME,
+                ..
+            })
         ));
         let prefix = ((MAX_TRACE_FRAME + 1) as u32).to_be_bytes();
         assert!(matches!(

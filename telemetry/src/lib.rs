@@ -93,6 +93,8 @@ impl Telemetry {
             .with_span_processor(processor)
             .with_resource(resource)
             .build();
+        // For spans recorded after the fact ([`record_span`]).
+        opentelemetry::global::set_tracer_provider(provider.clone());
         Self {
             provider,
             sink,
@@ -133,4 +135,48 @@ impl Telemetry {
         let exported = self.provider.force_flush().is_ok();
         self.sink.flush(timeout) && exported
     }
+}
+
+/// Records a span that already happened (a phase learnt after the fact, such as the guest
+/// kernel's boot read from init's readiness report) as a child of `parent`, from `start` to
+/// `end`. Nothing when `parent` is not traced.
+pub fn record_span(
+    parent: &tracing::Span,
+    name: &'static str,
+    start: std::time::SystemTime,
+    end: std::time::SystemTime,
+    attributes: &[(&'static str, String)],
+) {
+    use opentelemetry::trace::{Span as _, TraceContextExt as _, Tracer as _};
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let cx = parent.context();
+    if !cx.span().span_context().is_valid() {
+        return;
+    }
+    let tracer = opentelemetry::global::tracer("husk");
+    let attributes = attributes
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| opentelemetry::KeyValue::new(*k, v.clone()))
+        .collect::<Vec<_>>();
+    let mut span = tracer
+        .span_builder(name)
+        .with_start_time(start)
+        .with_attributes(attributes)
+        .start_with_context(&tracer, &cx);
+    span.end_with_timestamp(end.max(start));
+}
+
+/// An INFO span (same arguments as `tracing::info_span!`) when the current span is part of a
+/// trace, else `Span::none()`: for code below an entry point (the jail below an agent RPC), so
+/// that work done outside any trace starts no trace of its own.
+#[macro_export]
+macro_rules! child_span {
+    ($($arg:tt)*) => {
+        if ::tracing::Span::current().is_none() {
+            ::tracing::Span::none()
+        } else {
+            ::tracing::info_span!($($arg)*)
+        }
+    };
 }

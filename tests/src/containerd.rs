@@ -32,6 +32,8 @@ pub struct Containerd {
     log_root: PathBuf,
     /// Where the shim records its pods (`husk ps`, `husk exec`).
     state_dir: PathBuf,
+    /// husk's configuration file for the shims (`HUSK_CONFIG`), if not the host's.
+    husk_config: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -67,6 +69,11 @@ impl Drop for Events {
 impl Containerd {
     /// Starts containerd for `h` and imports the busybox image.
     pub fn start(h: &Harness) -> Self {
+        Self::start_with(h, None)
+    }
+
+    /// As [`Self::start`], its shims reading husk's configuration from `husk_config`.
+    pub fn start_with(h: &Harness, husk_config: Option<&Path>) -> Self {
         let dir = h.scratch().join("cd");
         std::fs::create_dir_all(&dir).expect("containerd directory");
         let socket = dir.join("c.sock");
@@ -86,6 +93,7 @@ impl Containerd {
             run_root: h.run_root(),
             log_root: h.log_root(),
             state_dir: h.state_dir(),
+            husk_config: husk_config.map(Path::to_owned),
             child: None,
         };
         cd.spawn();
@@ -105,7 +113,11 @@ impl Containerd {
             bin_dir.display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let mut child = Command::new("containerd")
+        let mut cmd = Command::new("containerd");
+        if let Some(c) = &self.husk_config {
+            cmd.env(husk_config::CONFIG_ENV, c);
+        }
+        let mut child = cmd
             .arg("--config")
             .arg(self.dir.join("config.toml"))
             .current_dir(&self.dir)

@@ -15,6 +15,8 @@ use husk_protocols::agent::{
     StartContainerRequest, StartContainerResponse, UpdateContainerRequest, WaitProcessResponse,
 };
 use husk_protocols::health::{self, check_response::ServingStatus, CheckRequest, CheckResponse};
+use husk_protocols::trace_context::TRACEPARENT;
+use tracing::Instrument;
 use ttrpc::r#async::TtrpcContext;
 
 use crate::container::{ContainerError, Containers};
@@ -62,6 +64,30 @@ fn process_ref(p: Option<&ProcessRef>) -> ttrpc::Result<&ProcessRef> {
 /// A ttrpc error with a code and message.
 pub fn rpc_error(code: ttrpc::Code, msg: impl Into<String>) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg.into()))
+}
+
+/// The server span of one RPC (`agent CreateContainer`), a child of the host's client span,
+/// when the request's metadata carries its `traceparent`. The agent joins traces, never starts
+/// one: an untraced request (tracing off, or a long poll) gets no span.
+fn rpc_span(ctx: &TtrpcContext, method: &'static str) -> tracing::Span {
+    let Some(tp) = ctx
+        .metadata
+        .get(TRACEPARENT)
+        .and_then(|values| values.first())
+    else {
+        return tracing::Span::none();
+    };
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = format!("agent {method}"),
+        otel.kind = "server",
+        rpc.system = "ttrpc",
+        rpc.method = method,
+    );
+    if !husk_telemetry::propagation::set_parent(&span, tp) {
+        return tracing::Span::none();
+    }
+    span
 }
 
 fn bounded(field: &str, value: &str) -> ttrpc::Result<()> {
@@ -138,277 +164,352 @@ impl AgentService {
 impl agent::Agent for AgentService {
     async fn handshake(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: HandshakeRequest,
     ) -> ttrpc::Result<HandshakeResponse> {
-        self.handshake_response(&req)
+        async { self.handshake_response(&req) }
+            .instrument(rpc_span(ctx, "Handshake"))
+            .await
     }
 
     async fn get_guest_details(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         _req: GuestDetailsRequest,
     ) -> ttrpc::Result<GuestDetails> {
-        let root = self.root.clone();
-        tokio::task::spawn_blocking(move || guest_info::gather(&root))
-            .await
-            .map_err(|e| {
-                rpc_error(
-                    ttrpc::Code::INTERNAL,
-                    format!("gathering guest details: {e}"),
-                )
-            })
+        async {
+            let root = self.root.clone();
+            tokio::task::spawn_blocking(move || guest_info::gather(&root))
+                .await
+                .map_err(|e| {
+                    rpc_error(
+                        ttrpc::Code::INTERNAL,
+                        format!("gathering guest details: {e}"),
+                    )
+                })
+        }
+        .instrument(rpc_span(ctx, "GetGuestDetails"))
+        .await
     }
 
     async fn create_container(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: CreateContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        bounded("container_id", &req.container_id)?;
-        bounded("rootfs_tag", &req.rootfs_tag)?;
-        bounded("rootfs_path", &req.rootfs_path)?;
-        // The jail's set-up and the hooks take a while: off the runtime's threads.
-        let containers = self.containers.clone();
-        tokio::task::spawn_blocking(move || {
-            containers.create(
-                &req.container_id,
-                &req.oci_spec_json,
-                &req.rootfs_tag,
-                &req.rootfs_path,
-            )
-        })
+        async {
+            bounded("container_id", &req.container_id)?;
+            bounded("rootfs_tag", &req.rootfs_tag)?;
+            bounded("rootfs_path", &req.rootfs_path)?;
+            // The jail's set-up and the hooks take a while: off the runtime's threads.
+            let containers = self.containers.clone();
+            let span = tracing::Span::current();
+            tokio::task::spawn_blocking(move || {
+                span.in_scope(|| {
+                    containers.create(
+                        &req.container_id,
+                        &req.oci_spec_json,
+                        &req.rootfs_tag,
+                        &req.rootfs_path,
+                    )
+                })
+            })
+            .await
+            .map_err(|e| ttrpc::Error::Others(format!("creating the container: {e}")))?
+            .map_err(container_error)?;
+            Ok(Empty::default())
+        }
+        .instrument(rpc_span(ctx, "CreateContainer"))
         .await
-        .map_err(|e| ttrpc::Error::Others(format!("creating the container: {e}")))?
-        .map_err(container_error)?;
-        Ok(Empty::default())
     }
 
     async fn start_container(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: StartContainerRequest,
     ) -> ttrpc::Result<StartContainerResponse> {
-        bounded("container_id", &req.container_id)?;
-        bounded("exec_id", &req.exec_id)?;
-        let containers = self.containers.clone();
-        let pid =
-            tokio::task::spawn_blocking(move || containers.start(&req.container_id, &req.exec_id))
-                .await
-                .map_err(|e| ttrpc::Error::Others(format!("starting the process: {e}")))?
-                .map_err(container_error)?;
-        Ok(StartContainerResponse {
-            pid,
-            ..Default::default()
-        })
+        async {
+            bounded("container_id", &req.container_id)?;
+            bounded("exec_id", &req.exec_id)?;
+            let containers = self.containers.clone();
+            let span = tracing::Span::current();
+            let pid = tokio::task::spawn_blocking(move || {
+                span.in_scope(|| containers.start(&req.container_id, &req.exec_id))
+            })
+            .await
+            .map_err(|e| ttrpc::Error::Others(format!("starting the process: {e}")))?
+            .map_err(container_error)?;
+            Ok(StartContainerResponse {
+                pid,
+                ..Default::default()
+            })
+        }
+        .instrument(rpc_span(ctx, "StartContainer"))
+        .await
     }
 
     async fn wait_process(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: ProcessRef,
     ) -> ttrpc::Result<WaitProcessResponse> {
-        bounded("container_id", &req.container_id)?;
-        bounded("exec_id", &req.exec_id)?;
-        let exit_status = self
-            .containers
-            .wait(&req.container_id, &req.exec_id)
-            .await
-            .map_err(container_error)?;
-        Ok(WaitProcessResponse {
-            exit_status,
-            ..Default::default()
-        })
+        async {
+            bounded("container_id", &req.container_id)?;
+            bounded("exec_id", &req.exec_id)?;
+            let exit_status = self
+                .containers
+                .wait(&req.container_id, &req.exec_id)
+                .await
+                .map_err(container_error)?;
+            Ok(WaitProcessResponse {
+                exit_status,
+                ..Default::default()
+            })
+        }
+        .instrument(rpc_span(ctx, "WaitProcess"))
+        .await
     }
 
     async fn signal_process(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: SignalProcessRequest,
     ) -> ttrpc::Result<Empty> {
-        let p = process_ref(req.process.as_ref())?;
-        self.containers
-            .signal(&p.container_id, &p.exec_id, req.signal)
-            .map_err(container_error)?;
-        Ok(Empty::default())
+        async {
+            let p = process_ref(req.process.as_ref())?;
+            self.containers
+                .signal(&p.container_id, &p.exec_id, req.signal)
+                .map_err(container_error)?;
+            Ok(Empty::default())
+        }
+        .instrument(rpc_span(ctx, "SignalProcess"))
+        .await
     }
 
-    async fn close_stdin(&self, _ctx: &TtrpcContext, req: ProcessRef) -> ttrpc::Result<Empty> {
-        bounded("container_id", &req.container_id)?;
-        bounded("exec_id", &req.exec_id)?;
-        self.containers
-            .close_stdin(&req.container_id, &req.exec_id)
-            .map_err(container_error)?;
-        Ok(Empty::default())
+    async fn close_stdin(&self, ctx: &TtrpcContext, req: ProcessRef) -> ttrpc::Result<Empty> {
+        async {
+            bounded("container_id", &req.container_id)?;
+            bounded("exec_id", &req.exec_id)?;
+            self.containers
+                .close_stdin(&req.container_id, &req.exec_id)
+                .map_err(container_error)?;
+            Ok(Empty::default())
+        }
+        .instrument(rpc_span(ctx, "CloseStdin"))
+        .await
     }
 
     async fn remove_container(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: RemoveContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        bounded("container_id", &req.container_id)?;
-        self.containers
-            .remove(&req.container_id)
-            .await
-            .map_err(container_error)?;
-        Ok(Empty::default())
+        async {
+            bounded("container_id", &req.container_id)?;
+            self.containers
+                .remove(&req.container_id)
+                .await
+                .map_err(container_error)?;
+            Ok(Empty::default())
+        }
+        .instrument(rpc_span(ctx, "RemoveContainer"))
+        .await
     }
 
     async fn create_sandbox(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: CreateSandboxRequest,
     ) -> ttrpc::Result<Empty> {
-        bounded("sandbox_id", &req.sandbox_id)?;
-        bounded("hostname", &req.hostname)?;
-        let plan = NetworkPlan::parse(&req.interfaces, &req.routes).map_err(network_error)?;
-        let set_hostname = |h: &str| nix::unistd::sethostname(h).map_err(std::io::Error::from);
-        self.sandbox
-            .create(&req, set_hostname)
-            .map_err(sandbox_error)?;
-        let configured = async {
-            network::netlink::loopback_up().await?;
-            network::netlink::apply(&plan).await
+        async {
+            bounded("sandbox_id", &req.sandbox_id)?;
+            bounded("hostname", &req.hostname)?;
+            let plan = NetworkPlan::parse(&req.interfaces, &req.routes).map_err(network_error)?;
+            let set_hostname = |h: &str| nix::unistd::sethostname(h).map_err(std::io::Error::from);
+            self.sandbox
+                .create(&req, set_hostname)
+                .map_err(sandbox_error)?;
+            let configured = async {
+                network::netlink::loopback_up().await?;
+                network::netlink::apply(&plan).await
+            }
+            .await;
+            if let Err(e) = configured {
+                self.sandbox.forget();
+                return Err(network_error(e));
+            }
+            Ok(Empty::default())
         }
-        .await;
-        if let Err(e) = configured {
-            self.sandbox.forget();
-            return Err(network_error(e));
-        }
-        Ok(Empty::default())
+        .instrument(rpc_span(ctx, "CreateSandbox"))
+        .await
     }
 
     async fn destroy_sandbox(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: DestroySandboxRequest,
     ) -> ttrpc::Result<Empty> {
-        bounded("sandbox_id", &req.sandbox_id)?;
-        self.sandbox.check(&req.sandbox_id).map_err(sandbox_error)?;
-        self.containers
-            .remove_all()
-            .await
-            .map_err(container_error)?;
-        self.sandbox.forget();
-        Ok(Empty::default())
+        async {
+            bounded("sandbox_id", &req.sandbox_id)?;
+            self.sandbox.check(&req.sandbox_id).map_err(sandbox_error)?;
+            self.containers
+                .remove_all()
+                .await
+                .map_err(container_error)?;
+            self.sandbox.forget();
+            Ok(Empty::default())
+        }
+        .instrument(rpc_span(ctx, "DestroySandbox"))
+        .await
     }
 
     async fn exec_process(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: ExecProcessRequest,
     ) -> ttrpc::Result<Empty> {
-        bounded("container_id", &req.container_id)?;
-        bounded("exec_id", &req.exec_id)?;
-        self.containers
-            .exec(&req.container_id, &req.exec_id, &req.process_json)
-            .map_err(container_error)?;
-        Ok(Empty::default())
+        async {
+            bounded("container_id", &req.container_id)?;
+            bounded("exec_id", &req.exec_id)?;
+            self.containers
+                .exec(&req.container_id, &req.exec_id, &req.process_json)
+                .map_err(container_error)?;
+            Ok(Empty::default())
+        }
+        .instrument(rpc_span(ctx, "ExecProcess"))
+        .await
     }
 
-    async fn resize_tty(&self, _ctx: &TtrpcContext, req: ResizeTtyRequest) -> ttrpc::Result<Empty> {
-        let p = process_ref(req.process.as_ref())?;
-        self.containers
-            .resize(&p.container_id, &p.exec_id, req.rows, req.columns)
-            .map_err(container_error)?;
-        Ok(Empty::default())
+    async fn resize_tty(&self, ctx: &TtrpcContext, req: ResizeTtyRequest) -> ttrpc::Result<Empty> {
+        async {
+            let p = process_ref(req.process.as_ref())?;
+            self.containers
+                .resize(&p.container_id, &p.exec_id, req.rows, req.columns)
+                .map_err(container_error)?;
+            Ok(Empty::default())
+        }
+        .instrument(rpc_span(ctx, "ResizeTty"))
+        .await
     }
 
     async fn list_processes(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: ContainerRef,
     ) -> ttrpc::Result<ListProcessesResponse> {
-        bounded("container_id", &req.container_id)?;
-        let processes = self
-            .containers
-            .list_processes(&req.container_id)
-            .map_err(container_error)?;
-        Ok(ListProcessesResponse {
-            processes,
-            ..Default::default()
-        })
+        async {
+            bounded("container_id", &req.container_id)?;
+            let processes = self
+                .containers
+                .list_processes(&req.container_id)
+                .map_err(container_error)?;
+            Ok(ListProcessesResponse {
+                processes,
+                ..Default::default()
+            })
+        }
+        .instrument(rpc_span(ctx, "ListProcesses"))
+        .await
     }
 
     async fn stats_container(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: ContainerRef,
     ) -> ttrpc::Result<ContainerStats> {
-        bounded("container_id", &req.container_id)?;
-        self.containers
-            .stats(&req.container_id)
-            .map_err(container_error)
+        async {
+            bounded("container_id", &req.container_id)?;
+            self.containers
+                .stats(&req.container_id)
+                .map_err(container_error)
+        }
+        .instrument(rpc_span(ctx, "StatsContainer"))
+        .await
     }
 
-    async fn pause_container(
-        &self,
-        _ctx: &TtrpcContext,
-        req: ContainerRef,
-    ) -> ttrpc::Result<Empty> {
-        bounded("container_id", &req.container_id)?;
-        self.containers
-            .set_paused(&req.container_id, true)
-            .await
-            .map_err(container_error)?;
-        Ok(Empty::default())
+    async fn pause_container(&self, ctx: &TtrpcContext, req: ContainerRef) -> ttrpc::Result<Empty> {
+        async {
+            bounded("container_id", &req.container_id)?;
+            self.containers
+                .set_paused(&req.container_id, true)
+                .await
+                .map_err(container_error)?;
+            Ok(Empty::default())
+        }
+        .instrument(rpc_span(ctx, "PauseContainer"))
+        .await
     }
 
     async fn resume_container(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: ContainerRef,
     ) -> ttrpc::Result<Empty> {
-        bounded("container_id", &req.container_id)?;
-        self.containers
-            .set_paused(&req.container_id, false)
-            .await
-            .map_err(container_error)?;
-        Ok(Empty::default())
+        async {
+            bounded("container_id", &req.container_id)?;
+            self.containers
+                .set_paused(&req.container_id, false)
+                .await
+                .map_err(container_error)?;
+            Ok(Empty::default())
+        }
+        .instrument(rpc_span(ctx, "ResumeContainer"))
+        .await
     }
 
     async fn update_container(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: UpdateContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        bounded("container_id", &req.container_id)?;
-        self.containers
-            .update(&req.container_id, &req.resources_json)
-            .map_err(container_error)?;
-        Ok(Empty::default())
+        async {
+            bounded("container_id", &req.container_id)?;
+            self.containers
+                .update(&req.container_id, &req.resources_json)
+                .map_err(container_error)?;
+            Ok(Empty::default())
+        }
+        .instrument(rpc_span(ctx, "UpdateContainer"))
+        .await
     }
 
     async fn get_oom_event(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         _req: GetOOMEventRequest,
     ) -> ttrpc::Result<OOMEvent> {
-        self.containers
-            .next_oom()
-            .await
-            .ok_or_else(|| rpc_error(ttrpc::Code::UNAVAILABLE, "the agent is shutting down"))
+        async {
+            self.containers
+                .next_oom()
+                .await
+                .ok_or_else(|| rpc_error(ttrpc::Code::UNAVAILABLE, "the agent is shutting down"))
+        }
+        .instrument(rpc_span(ctx, "GetOOMEvent"))
+        .await
     }
 }
 
 #[async_trait]
 impl health::Health for AgentService {
-    async fn check(&self, _ctx: &TtrpcContext, req: CheckRequest) -> ttrpc::Result<CheckResponse> {
-        bounded("service", &req.service)?;
-        let status = match req.service.as_str() {
-            "" | agent::PROTOCOL | health::PROTOCOL => ServingStatus::SERVING,
-            other => {
-                return Err(rpc_error(
-                    ttrpc::Code::NOT_FOUND,
-                    format!("unknown service {other:?}"),
-                ))
-            }
-        };
-        Ok(CheckResponse {
-            status: status.into(),
-            ..Default::default()
-        })
+    async fn check(&self, ctx: &TtrpcContext, req: CheckRequest) -> ttrpc::Result<CheckResponse> {
+        async {
+            bounded("service", &req.service)?;
+            let status = match req.service.as_str() {
+                "" | agent::PROTOCOL | health::PROTOCOL => ServingStatus::SERVING,
+                other => {
+                    return Err(rpc_error(
+                        ttrpc::Code::NOT_FOUND,
+                        format!("unknown service {other:?}"),
+                    ))
+                }
+            };
+            Ok(CheckResponse {
+                status: status.into(),
+                ..Default::default()
+            })
+        }
+        .instrument(rpc_span(ctx, "Check"))
+        .await
     }
 }
 

@@ -100,18 +100,39 @@ fn ensure_standard_fds() {
 }
 
 /// Logs to stderr (the serial console log) at the level `husk.log=` asks for, `info` by default.
+/// With `husk.tracing=1` on the command line, each session's span also goes to husk-tracer.
 fn init_logging(cmdline_text: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let level = cmdline::lookup(cmdline_text, cmdline::LOG_LEVEL)
         .and_then(|l| l.parse::<tracing_subscriber::filter::LevelFilter>().ok())
         .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
-    tracing_subscriber::fmt()
-        .with_max_level(level)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .without_time()
         .with_target(false)
+        .with_filter(level);
+    let telemetry = (cmdline::lookup(cmdline_text, cmdline::TRACING) == Some("1")).then(|| {
+        husk_telemetry::Telemetry::new(
+            husk_telemetry::service::CONSOLE,
+            Arc::new(husk_telemetry::TracerSocket::new()),
+        )
+    });
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(telemetry.as_ref().map(|t| t.layer()))
         .init();
+    if let Some(t) = telemetry {
+        let _ = TELEMETRY.set(t);
+    }
 }
+
+/// The console's tracing, when the command line turns it on.
+static TELEMETRY: std::sync::OnceLock<husk_telemetry::Telemetry> = std::sync::OnceLock::new();
+/// How long a finished session's spans may take to reach husk-tracer.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A session slot, given back on drop.
 struct Slot(Arc<AtomicUsize>);
@@ -151,6 +172,11 @@ fn serve(listener: &Listener, config: &Config, max: usize) -> ! {
             .spawn(move || {
                 let _slot = slot;
                 session::serve(conn, &config, id, &peer);
+                // The session's span has ended: hand it to the tracer now, as the console
+                // may be stopped at any time.
+                if let Some(t) = TELEMETRY.get() {
+                    t.flush(FLUSH_TIMEOUT);
+                }
             });
         if let Err(e) = spawned {
             tracing::warn!(session = id, error = %e, "cannot start a session thread");

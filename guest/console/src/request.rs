@@ -56,6 +56,8 @@ pub struct Request {
     pub container_id: Option<String>,
     /// Who opened the session, printable and short, for the log.
     pub client: String,
+    /// The client's trace context, when it sent a valid one.
+    pub traceparent: Option<String>,
 }
 
 /// Checks an `Open` frame.
@@ -126,6 +128,8 @@ pub fn validate(open: Open) -> Result<Request, SessionError> {
         size,
         container_id,
         client: printable(&open.client, 128),
+        traceparent: husk_protocols::trace_context::TraceParent::parse(&open.traceparent)
+            .map(|tp| tp.to_string()),
     })
 }
 

@@ -71,6 +71,19 @@ pub fn serve(mut conn: UnixStream, config: &Config, id: u64, peer: &str) {
             return;
         }
     };
+    let span = tracing::info_span!(
+        "console.session",
+        otel.name = "console session",
+        session = id,
+        tty = request.tty,
+        container.id = request.container_id.as_deref().unwrap_or(""),
+        program = request.args.first().map_or("(shell)", String::as_str),
+        otel.status_code = tracing::field::Empty,
+    );
+    if let Some(tp) = &request.traceparent {
+        husk_telemetry::propagation::set_parent(&span, tp);
+    }
+    let _entered = span.enter();
     tracing::info!(
         session = id,
         peer,
@@ -89,6 +102,7 @@ pub fn serve(mut conn: UnixStream, config: &Config, id: u64, peer: &str) {
             "session closed"
         ),
         Err(e) => {
+            span.record("otel.status_code", "error");
             tracing::info!(session = id, error = %e, "session refused");
             writer.send(&e.frame());
             relay::linger(&mut conn, relay::LINGER);

@@ -20,6 +20,8 @@ const CONNECT_TRIES: u32 = 5;
 
 /// The reason the host gave for the shutdown it requested, read by the event loop.
 pub static SHUTDOWN_REASON: OnceLock<String> = OnceLock::new();
+/// The `traceparent` of the host span that asked for the shutdown (tracing on).
+pub static SHUTDOWN_TRACEPARENT: OnceLock<String> = OnceLock::new();
 
 /// The writing half of the channel.
 #[derive(Debug)]
@@ -87,8 +89,14 @@ impl Control {
             .name("control".into())
             .spawn(move || loop {
                 match read_frame::<_, HostMessage>(&mut reader) {
-                    Ok(HostMessage::Shutdown { reason }) => {
+                    Ok(HostMessage::Shutdown {
+                        reason,
+                        traceparent,
+                    }) => {
                         let _ = SHUTDOWN_REASON.set(reason);
+                        if let Some(tp) = traceparent {
+                            let _ = SHUTDOWN_TRACEPARENT.set(tp);
+                        }
                         let _ = nix::sys::signal::kill(
                             nix::unistd::getpid(),
                             nix::sys::signal::SIGTERM,

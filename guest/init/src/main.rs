@@ -15,6 +15,7 @@ mod entropy;
 mod identity;
 mod mounts;
 mod selinux;
+mod shutdown;
 mod spawn;
 mod supervisor;
 mod switch_root;
@@ -29,7 +30,7 @@ use husk_protocols::cmdline;
 use husk_protocols::init::{GuestMessage, Ready, PROTOCOL};
 use husk_protocols::manifest::{ImageManifest, MANIFEST_PATH};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -38,8 +39,8 @@ use crate::control::Control;
 use crate::spawn::ProcessSpawner;
 use crate::supervisor::Supervisor;
 
-/// How long services get to exit after SIGTERM before SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(3);
+/// How long the boot's spans may wait for husk-tracer to listen.
+const BOOT_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn main() {
     if std::env::args().nth(1).as_deref() == Some("--version") {
@@ -54,11 +55,17 @@ fn main() {
         );
         std::process::exit(2);
     }
+    let started = uptime();
+    // Signals arrive through a signalfd; block them before any thread exists (the tracing
+    // batch thread included), so that no thread takes a SIGCHLD the event loop is owed.
+    if let Err(e) = handled_signals().thread_block() {
+        eprintln!("husk-init: blocking signals: {e}");
+    }
     // First, while nothing is mounted on the initramfs yet: leave it for a tmpfs root.
     let switched = switch_root::leave_initramfs();
     let mounted = mounts::mount_base(&mut syscalls::RealSyscalls);
     let cmdline_text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    init_logging(&cmdline_text);
+    let telemetry = init_logging(&cmdline_text);
     tracing::info!(
         uptime_ms = uptime().as_millis() as u64,
         "husk-init {} starting",
@@ -73,7 +80,7 @@ fn main() {
         .context("moving the root from the initramfs to a tmpfs")
         .and_then(|_| mounted.context("mounting base filesystems"));
     let err = match mounted {
-        Ok(()) => match run(&cmdline_text) {
+        Ok(()) => match run(&cmdline_text, started, telemetry.as_ref()) {
             Ok(never) => match never {},
             Err(e) => e,
         },
@@ -83,17 +90,40 @@ fn main() {
     leave(&format!("fatal error: {err:#}"));
 }
 
-fn init_logging(cmdline_text: &str) {
+/// The signals the event loop takes through its signalfd.
+fn handled_signals() -> SigSet {
+    let mut mask = SigSet::empty();
+    for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT] {
+        mask.add(s);
+    }
+    mask
+}
+
+/// Logs to the serial console; with `husk.tracing=1`, spans to husk-tracer as well.
+fn init_logging(cmdline_text: &str) -> Option<husk_telemetry::Telemetry> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let level = cmdline::lookup(cmdline_text, cmdline::LOG_LEVEL)
         .and_then(|l| l.parse::<tracing_subscriber::filter::LevelFilter>().ok())
         .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
-    tracing_subscriber::fmt()
-        .with_max_level(level)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .without_time()
         .with_target(false)
+        .with_filter(level);
+    let telemetry = (cmdline::lookup(cmdline_text, cmdline::TRACING) == Some("1")).then(|| {
+        husk_telemetry::Telemetry::new(
+            husk_telemetry::service::INIT,
+            std::sync::Arc::new(husk_telemetry::TracerSocket::new()),
+        )
+    });
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(telemetry.as_ref().map(|t| t.layer()))
         .init();
+    telemetry
 }
 
 fn uptime() -> Duration {
@@ -109,22 +139,30 @@ fn read_manifest() -> anyhow::Result<ImageManifest> {
         .with_context(|| format!("parsing the image manifest {MANIFEST_PATH}"))
 }
 
-fn run(cmdline_text: &str) -> anyhow::Result<Infallible> {
-    // Signals arrive through a signalfd; block them before any thread or child exists.
-    let mut mask = SigSet::empty();
-    for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT] {
-        mask.add(s);
-    }
+fn run(
+    cmdline_text: &str,
+    started: Duration,
+    telemetry: Option<&husk_telemetry::Telemetry>,
+) -> anyhow::Result<Infallible> {
+    let mask = handled_signals();
     mask.thread_block().context("blocking signals")?;
     let mut sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .context("creating signalfd")?;
 
+    // The guest's boot, in the host's trace when the command line names one.
+    let boot = tracing::info_span!("init.boot", otel.name = "husk-init boot");
+    if let Some(tp) = cmdline::lookup(cmdline_text, cmdline::TRACEPARENT) {
+        husk_telemetry::propagation::set_parent(&boot, tp);
+    }
+    let entered = boot.enter();
     let manifest = read_manifest()?;
     // Before any service starts, so that every one runs under the policy.
-    let selinux = setup_selinux(cmdline_text, &manifest)?;
+    let selinux = tracing::info_span!("init.selinux", otel.name = "selinux policy")
+        .in_scope(|| setup_selinux(cmdline_text, &manifest))?;
     let hostname = identity::set_hostname(&mut syscalls::RealSyscalls, cmdline_text)
         .context("setting the hostname")?;
-    let entropy_seeded = entropy::seed_from_hwrng();
+    let entropy_seeded = tracing::info_span!("init.entropy", otel.name = "entropy seed")
+        .in_scope(entropy::seed_from_hwrng);
     let services = manifest
         .services
         .iter()
@@ -142,7 +180,8 @@ fn run(cmdline_text: &str) -> anyhow::Result<Infallible> {
         .cloned()
         .collect();
     let mut sup = Supervisor::new(ProcessSpawner, services);
-    let started = sup.start_all(Instant::now());
+    let services_started = tracing::info_span!("init.services", otel.name = "start services")
+        .in_scope(|| sup.start_all(Instant::now()));
 
     let control = match Control::connect() {
         Ok(c) => Some(c),
@@ -158,6 +197,7 @@ fn run(cmdline_text: &str) -> anyhow::Result<Infallible> {
         build_id: manifest.build_id.clone(),
         flavour: manifest.flavour.clone(),
         uptime_ns: up.as_nanos() as u64,
+        init_started_ns: started.as_nanos() as u64,
         realtime_ns: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -165,7 +205,7 @@ fn run(cmdline_text: &str) -> anyhow::Result<Infallible> {
         kernel_release: nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default(),
-        services: started,
+        services: services_started,
         entropy_seeded,
         selinux: selinux.mode().name().to_owned(),
     };
@@ -184,6 +224,16 @@ fn run(cmdline_text: &str) -> anyhow::Result<Infallible> {
         uptime_ms = up.as_millis() as u64,
         "husk-init ready"
     );
+    drop(entered);
+    drop(boot);
+    if let Some(t) = telemetry {
+        // The boot's spans go to the tracer as soon as it listens (it has just been started),
+        // off the event loop.
+        let t = t.clone();
+        let _ = std::thread::Builder::new()
+            .name("trace-flush".into())
+            .spawn(move || t.flush(BOOT_FLUSH_TIMEOUT));
+    }
 
     loop {
         let timeout = match sup.next_deadline() {
@@ -204,7 +254,7 @@ fn run(cmdline_text: &str) -> anyhow::Result<Infallible> {
                         .get()
                         .cloned()
                         .unwrap_or_else(|| format!("signal {}", info.ssi_signo));
-                    shutdown(&mut sup, &mut sfd, control.as_ref(), &reason);
+                    shutdown::run(&mut sup, &mut sfd, control.as_ref(), telemetry, &reason);
                 }
                 _ => {}
             }
@@ -269,48 +319,8 @@ fn reap(sup: &mut Supervisor<ProcessSpawner>, control: Option<&Control>) {
     }
 }
 
-/// Stops every process, then leaves the VM.
-fn shutdown(
-    sup: &mut Supervisor<ProcessSpawner>,
-    sfd: &mut SignalFd,
-    control: Option<&Control>,
-    reason: &str,
-) -> ! {
-    tracing::info!(reason, "shutting down");
-    if let Some(c) = control {
-        c.send(&GuestMessage::ShuttingDown {
-            reason: reason.to_owned(),
-        });
-    }
-    sup.stop_all();
-    // From PID 1, pid -1 means every process but init itself: services and orphans alike.
-    let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
-    let deadline = Instant::now() + STOP_GRACE;
-    loop {
-        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) => {}
-            Ok(_) => continue,
-            Err(_) => break, // ECHILD: nothing left
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            tracing::warn!("processes still running after {STOP_GRACE:?}, killing them");
-            let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
-            while waitpid(Pid::from_raw(-1), None).is_ok() {}
-            break;
-        }
-        let mut fds = [PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
-        let _ = poll(
-            &mut fds,
-            PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX),
-        );
-        while let Ok(Some(_)) = sfd.read_signal() {}
-    }
-    leave(reason)
-}
-
 /// Syncs and leaves the VM through `reboot(2)`; the VMM treats the reset as the VM's exit.
-fn leave(reason: &str) -> ! {
+pub(crate) fn leave(reason: &str) -> ! {
     tracing::info!(reason, "syncing and leaving the VM");
     nix::unistd::sync();
     let err = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);

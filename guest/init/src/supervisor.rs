@@ -142,6 +142,14 @@ impl<S: Spawner> Supervisor<S> {
         }
     }
 
+    /// The pid of the running service `name`.
+    pub fn pid_of(&self, name: &str) -> Option<i32> {
+        self.services.iter().find_map(|s| match s.state {
+            State::Running { pid, .. } if s.spec.name == name => Some(pid),
+            _ => None,
+        })
+    }
+
     /// Stops supervising: no more restarts. Returns the pids still running.
     pub fn stop_all(&mut self) -> Vec<i32> {
         let mut pids = Vec::new();

@@ -20,6 +20,8 @@ use husk_protocols::frame::{read_frame, write_frame, FrameError};
 use husk_protocols::health::{self, CheckRequest, CheckResponse};
 use husk_protocols::ports::AGENT_PORT;
 use husk_protocols::stdio::{StreamKind, StreamOpen, StreamReply, STDIO_PORT};
+use husk_protocols::trace_context::TRACEPARENT;
+use tracing::Instrument;
 
 /// Why the agent could not be reached or used.
 #[derive(Debug, thiserror::Error)]
@@ -122,12 +124,20 @@ pub fn open_process_stream(
         kind,
         detail,
     };
+    let span = tracing::info_span!(
+        "stdio.open",
+        otel.name = format!("stdio open {kind:?}"),
+        container.id = container,
+        exec.id = exec_id,
+    );
+    let _entered = span.enter();
     let mut s = vsock::connect(vsock_path, STDIO_PORT, timeout)?;
     let open = StreamOpen {
         protocol: husk_protocols::stdio::PROTOCOL.to_owned(),
         container_id: container.to_owned(),
         exec_id: exec_id.to_owned(),
         stream: kind,
+        traceparent: husk_telemetry::propagation::traceparent(&span),
     };
     write_frame(&mut s, &open).map_err(|e| err(e.to_string()))?;
     s.set_read_timeout(Some(timeout))?;
@@ -158,13 +168,42 @@ impl std::fmt::Debug for AgentClient {
     }
 }
 
-/// Wraps a ttrpc error with the RPC's name.
-fn rpc(name: &'static str) -> impl Fn(ttrpc::Error) -> AgentError {
-    move |source| AgentError::Rpc { rpc: name, source }
-}
-
-fn ctx(timeout: Duration) -> ttrpc::context::Context {
-    ttrpc::context::with_timeout(timeout.as_nanos().min(i64::MAX as u128) as i64)
+/// Calls one agent RPC inside a client span named after it (`agent CreateContainer`), with the
+/// span's W3C `traceparent` in the request's metadata so the agent's span becomes its child.
+/// `timeout`: the call's deadline; none for calls that wait on the guest (WaitProcess).
+/// Untraced (tracing off), the span is inert and the metadata carries nothing.
+async fn traced_call<T, F, Fut>(
+    name: &'static str,
+    timeout: Option<Duration>,
+    f: F,
+) -> Result<T, AgentError>
+where
+    F: FnOnce(ttrpc::context::Context) -> Fut,
+    Fut: std::future::Future<Output = ttrpc::Result<T>>,
+{
+    let span = tracing::info_span!(
+        "agent.rpc",
+        otel.name = format!("agent {name}"),
+        otel.kind = "client",
+        rpc.system = "ttrpc",
+        rpc.method = name,
+        otel.status_code = tracing::field::Empty,
+        error = tracing::field::Empty,
+    );
+    let mut ctx = match timeout {
+        Some(t) => ttrpc::context::with_timeout(t.as_nanos().min(i64::MAX as u128) as i64),
+        None => ttrpc::context::Context::default(),
+    };
+    if let Some(tp) = husk_telemetry::propagation::traceparent(&span) {
+        ctx.add(TRACEPARENT.to_owned(), tp);
+    }
+    let result = f(ctx).instrument(span.clone()).await;
+    result.map_err(|source| {
+        let e = AgentError::Rpc { rpc: name, source };
+        span.record("otel.status_code", "error");
+        span.record("error", tracing::field::display(&e));
+        e
+    })
 }
 
 /// Opens the vsock stream, retrying while nobody listens yet (the agent is still starting).
@@ -224,13 +263,8 @@ impl AgentClient {
             host_version: env!("CARGO_PKG_VERSION").to_owned(),
             ..Default::default()
         };
-        let handshake = agent
-            .handshake(ctx(timeout), &req)
-            .await
-            .map_err(|source| AgentError::Rpc {
-                rpc: "Handshake",
-                source,
-            })?;
+        let handshake =
+            traced_call("Handshake", Some(timeout), |c| agent.handshake(c, &req)).await?;
         agent::check_compatible(&handshake)?;
         Ok(Self {
             agent,
@@ -251,13 +285,22 @@ impl AgentClient {
     }
 
     pub async fn check(&self) -> Result<CheckResponse, AgentError> {
-        self.health
-            .check(ctx(self.timeout), &CheckRequest::default())
+        let req = CheckRequest::default();
+        self.call("Check", Some(self.timeout), |c| self.health.check(c, &req))
             .await
-            .map_err(|source| AgentError::Rpc {
-                rpc: "Check",
-                source,
-            })
+    }
+
+    async fn call<T, F, Fut>(
+        &self,
+        name: &'static str,
+        timeout: Option<Duration>,
+        f: F,
+    ) -> Result<T, AgentError>
+    where
+        F: FnOnce(ttrpc::context::Context) -> Fut,
+        Fut: std::future::Future<Output = ttrpc::Result<T>>,
+    {
+        traced_call(name, timeout, f).await
     }
 
     fn process(container: &str, exec_id: &str) -> ProcessRef {
@@ -295,14 +338,11 @@ impl AgentClient {
             rootfs_path: rootfs_path.to_owned(),
             ..Default::default()
         };
-        self.agent
-            .create_container(ctx(self.timeout), &req)
-            .await
-            .map(drop)
-            .map_err(|source| AgentError::Rpc {
-                rpc: "CreateContainer",
-                source,
-            })
+        self.call("CreateContainer", Some(self.timeout), |c| {
+            self.agent.create_container(c, &req)
+        })
+        .await
+        .map(drop)
     }
 
     /// Starts the container's init process; returns its guest pid.
@@ -317,11 +357,11 @@ impl AgentClient {
             exec_id: exec_id.to_owned(),
             ..Default::default()
         };
-        self.agent
-            .start_container(ctx(self.timeout), &req)
-            .await
-            .map(|r| r.pid)
-            .map_err(rpc("StartContainer"))
+        self.call("StartContainer", Some(self.timeout), |c| {
+            self.agent.start_container(c, &req)
+        })
+        .await
+        .map(|r| r.pid)
     }
 
     /// Waits, without a deadline, for the init process to exit and its output to be delivered.
@@ -331,14 +371,10 @@ impl AgentClient {
 
     /// Waits, without a deadline, for a process to exit and its output to be delivered.
     pub async fn wait(&self, id: &str, exec_id: &str) -> Result<i32, AgentError> {
-        self.agent
-            .wait_process(
-                ttrpc::context::Context::default(),
-                &Self::process(id, exec_id),
-            )
+        let req = Self::process(id, exec_id);
+        self.call("WaitProcess", None, |c| self.agent.wait_process(c, &req))
             .await
             .map(|r| r.exit_status)
-            .map_err(rpc("WaitProcess"))
     }
 
     /// Signals the init process.
@@ -353,21 +389,22 @@ impl AgentClient {
             signal,
             ..Default::default()
         };
-        self.agent
-            .signal_process(ctx(self.timeout), &req)
-            .await
-            .map(drop)
-            .map_err(rpc("SignalProcess"))
+        self.call("SignalProcess", Some(self.timeout), |c| {
+            self.agent.signal_process(c, &req)
+        })
+        .await
+        .map(drop)
     }
 
     /// Ends a process's stdin at once (bytes still in flight on its stream are dropped; close
     /// the stream to end stdin after the last byte).
     pub async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<(), AgentError> {
-        self.agent
-            .close_stdin(ctx(self.timeout), &Self::process(id, exec_id))
-            .await
-            .map(drop)
-            .map_err(rpc("CloseStdin"))
+        let req = Self::process(id, exec_id);
+        self.call("CloseStdin", Some(self.timeout), |c| {
+            self.agent.close_stdin(c, &req)
+        })
+        .await
+        .map(drop)
     }
 
     /// Prepares the sandbox: its id, the guest's hostname and resolver lines.
@@ -404,11 +441,11 @@ impl AgentClient {
             routes: routes.to_vec(),
             ..Default::default()
         };
-        self.agent
-            .create_sandbox(ctx(self.timeout), &req)
-            .await
-            .map(drop)
-            .map_err(rpc("CreateSandbox"))
+        self.call("CreateSandbox", Some(self.timeout), |c| {
+            self.agent.create_sandbox(c, &req)
+        })
+        .await
+        .map(drop)
     }
 
     /// Removes every container and forgets the sandbox.
@@ -417,11 +454,11 @@ impl AgentClient {
             sandbox_id: id.to_owned(),
             ..Default::default()
         };
-        self.agent
-            .destroy_sandbox(ctx(self.timeout), &req)
-            .await
-            .map(drop)
-            .map_err(rpc("DestroySandbox"))
+        self.call("DestroySandbox", Some(self.timeout), |c| {
+            self.agent.destroy_sandbox(c, &req)
+        })
+        .await
+        .map(drop)
     }
 
     /// Records a process (an OCI `process` object as JSON) to run in a running container;
@@ -438,11 +475,11 @@ impl AgentClient {
             process_json: process_json.to_owned(),
             ..Default::default()
         };
-        self.agent
-            .exec_process(ctx(self.timeout), &req)
-            .await
-            .map(drop)
-            .map_err(rpc("ExecProcess"))
+        self.call("ExecProcess", Some(self.timeout), |c| {
+            self.agent.exec_process(c, &req)
+        })
+        .await
+        .map(drop)
     }
 
     /// Sets a process's terminal size.
@@ -459,11 +496,11 @@ impl AgentClient {
             columns,
             ..Default::default()
         };
-        self.agent
-            .resize_tty(ctx(self.timeout), &req)
-            .await
-            .map(drop)
-            .map_err(rpc("ResizeTty"))
+        self.call("ResizeTty", Some(self.timeout), |c| {
+            self.agent.resize_tty(c, &req)
+        })
+        .await
+        .map(drop)
     }
 
     fn container(id: &str) -> ContainerRef {
@@ -475,37 +512,41 @@ impl AgentClient {
 
     /// The processes of a container.
     pub async fn list_processes(&self, id: &str) -> Result<Vec<ProcessInfo>, AgentError> {
-        self.agent
-            .list_processes(ctx(self.timeout), &Self::container(id))
-            .await
-            .map(|r| r.processes)
-            .map_err(rpc("ListProcesses"))
+        let req = Self::container(id);
+        self.call("ListProcesses", Some(self.timeout), |c| {
+            self.agent.list_processes(c, &req)
+        })
+        .await
+        .map(|r| r.processes)
     }
 
     /// A container's cgroup statistics.
     pub async fn stats(&self, id: &str) -> Result<ContainerStats, AgentError> {
-        self.agent
-            .stats_container(ctx(self.timeout), &Self::container(id))
-            .await
-            .map_err(rpc("StatsContainer"))
+        let req = Self::container(id);
+        self.call("StatsContainer", Some(self.timeout), |c| {
+            self.agent.stats_container(c, &req)
+        })
+        .await
     }
 
     /// Freezes every process of a container.
     pub async fn pause(&self, id: &str) -> Result<(), AgentError> {
-        self.agent
-            .pause_container(ctx(self.timeout), &Self::container(id))
-            .await
-            .map(drop)
-            .map_err(rpc("PauseContainer"))
+        let req = Self::container(id);
+        self.call("PauseContainer", Some(self.timeout), |c| {
+            self.agent.pause_container(c, &req)
+        })
+        .await
+        .map(drop)
     }
 
     /// Thaws a paused container.
     pub async fn resume(&self, id: &str) -> Result<(), AgentError> {
-        self.agent
-            .resume_container(ctx(self.timeout), &Self::container(id))
-            .await
-            .map(drop)
-            .map_err(rpc("ResumeContainer"))
+        let req = Self::container(id);
+        self.call("ResumeContainer", Some(self.timeout), |c| {
+            self.agent.resume_container(c, &req)
+        })
+        .await
+        .map(drop)
     }
 
     /// Applies new limits (an OCI `linux.resources` object as JSON).
@@ -515,22 +556,27 @@ impl AgentClient {
             resources_json: resources_json.to_owned(),
             ..Default::default()
         };
-        self.agent
-            .update_container(ctx(self.timeout), &req)
-            .await
-            .map(drop)
-            .map_err(rpc("UpdateContainer"))
+        self.call("UpdateContainer", Some(self.timeout), |c| {
+            self.agent.update_container(c, &req)
+        })
+        .await
+        .map(drop)
     }
 
     /// Waits, without a deadline, for the next OOM kill in any container.
     pub async fn oom_event(&self) -> Result<OOMEvent, AgentError> {
+        // A long poll, not an operation: untraced, so that it neither starts a trace of its
+        // own nor holds a span open for the pod's whole life.
         self.agent
             .get_oom_event(
                 ttrpc::context::Context::default(),
                 &GetOOMEventRequest::default(),
             )
             .await
-            .map_err(rpc("GetOOMEvent"))
+            .map_err(|source| AgentError::Rpc {
+                rpc: "GetOOMEvent",
+                source,
+            })
     }
 
     pub async fn remove_container(&self, id: &str) -> Result<(), AgentError> {
@@ -538,23 +584,18 @@ impl AgentClient {
             container_id: id.to_owned(),
             ..Default::default()
         };
-        self.agent
-            .remove_container(ctx(self.timeout), &req)
-            .await
-            .map(drop)
-            .map_err(|source| AgentError::Rpc {
-                rpc: "RemoveContainer",
-                source,
-            })
+        self.call("RemoveContainer", Some(self.timeout), |c| {
+            self.agent.remove_container(c, &req)
+        })
+        .await
+        .map(drop)
     }
 
     pub async fn guest_details(&self) -> Result<GuestDetails, AgentError> {
-        self.agent
-            .get_guest_details(ctx(self.timeout), &GuestDetailsRequest::default())
-            .await
-            .map_err(|source| AgentError::Rpc {
-                rpc: "GetGuestDetails",
-                source,
-            })
+        let req = GuestDetailsRequest::default();
+        self.call("GetGuestDetails", Some(self.timeout), |c| {
+            self.agent.get_guest_details(c, &req)
+        })
+        .await
     }
 }

@@ -200,8 +200,8 @@ impl OtlpProtocol {
 /// guest, no spans exported.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TracingConfig {
-    /// `enabled`: trace sandboxes (adds `husk.tracing=1` to the kernel command line, which
-    /// starts husk-tracer in the guest).
+    /// `enabled`: trace sandboxes (their VMs get `husk.tracing=1` on the kernel command line,
+    /// which starts husk-tracer in the guest).
     pub enabled: bool,
     /// `otlp_endpoint`: an OTLP collector (Jaeger, the OpenTelemetry Collector) to export to,
     /// e.g. `http://127.0.0.1:4318`; empty: none.
@@ -352,7 +352,7 @@ impl Config {
 
     /// The kernel command-line words every VM gets: the guest's log level
     /// (`agent.log_level`), the console when `agent.debug_console` is on, SELinux off when
-    /// `agent.selinux` is false, the tracer when `tracing.enabled` is on, then
+    /// `agent.selinux` is false, then
     /// `hypervisor.kernel_params` (last, so they win).
     pub fn kernel_params(&self) -> Vec<String> {
         use husk_protocols::cmdline;
@@ -362,9 +362,6 @@ impl Config {
         }
         if !self.agent.selinux {
             words.push(format!("{}={}", cmdline::SELINUX, cmdline::SELINUX_OFF));
-        }
-        if self.tracing.enabled {
-            words.push(format!("{}=1", cmdline::TRACING));
         }
         words.extend(self.hypervisor.kernel_params.iter().cloned());
         words

@@ -168,6 +168,23 @@ fn connect(
 
 pub fn run(args: &ExecArgs) -> anyhow::Result<ExitCode> {
     let config = husk_config::Config::load(args.config.as_deref())?;
+    let traced = crate::telemetry::start(&config);
+    let span = tracing::info_span!(
+        parent: None,
+        "husk.exec",
+        otel.name = "husk exec",
+        sandbox = %args.sandbox,
+        container.id = args.container.as_deref().unwrap_or(""),
+    );
+    let result = span.in_scope(|| exec_traced(args, &config));
+    drop(span);
+    if let Some(t) = traced {
+        t.flush();
+    }
+    result
+}
+
+fn exec_traced(args: &ExecArgs, config: &husk_config::Config) -> anyhow::Result<ExitCode> {
     for kv in &args.env {
         if kv.split_once('=').is_none_or(|(k, _)| k.is_empty()) {
             return Err(failed(format!("--env {kv:?}: expected KEY=VALUE")));
@@ -207,6 +224,8 @@ pub fn run(args: &ExecArgs) -> anyhow::Result<ExitCode> {
     open.cwd = args.workdir.clone().unwrap_or_default();
     open.container_id = args.container.clone().unwrap_or_default();
     open.client = format!("husk {}", env!("CARGO_PKG_VERSION"));
+    // The guest's session span joins this command's trace (tracing on).
+    open.traceparent = husk_telemetry::propagation::current_traceparent().unwrap_or_default();
 
     let stream = connect(&record, &vsock, config.agent.dial_timeout())?;
     let ended = console_session::run(stream, &open, interactive)

@@ -17,6 +17,7 @@ mod image;
 mod ps;
 mod run;
 mod table;
+mod telemetry;
 mod terminal;
 mod trace;
 mod vm;
@@ -152,14 +153,21 @@ enum BenchCommand {
 }
 
 fn init_logging(level: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
+        .with_filter(filter);
+    // Spans, filled in by the commands that trace (`[tracing] enabled`).
+    tracing_subscriber::registry()
+        .with(telemetry::layer())
+        .with(fmt)
         .init();
 }
 

@@ -399,7 +399,28 @@ impl Drop for WorkDir {
 }
 
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let resolved = vm::resolve(&args.boot)?;
+    let config = husk_config::Config::load(args.boot.config.as_deref())?;
+    let resolved = vm::resolve_with(&args.boot, &config);
+    let traced = crate::telemetry::start(&config);
+    // One trace per run: every span below (the VM's boot, the agent's calls, the guest's own
+    // spans) is a child of this one.
+    let root = tracing::info_span!(
+        parent: None,
+        "husk.run",
+        otel.name = "husk run",
+        image = %args.container_image.display(),
+    );
+    let result = root.in_scope(|| run_traced(args, resolved));
+    drop(root);
+    if let Some(t) = traced {
+        if !t.flush() {
+            tracing::warn!("not every span of this run reached the trace store or collector");
+        }
+    }
+    result
+}
+
+fn run_traced(args: &RunArgs, resolved: vm::Resolved) -> anyhow::Result<ExitCode> {
     let hv = vm::hypervisor(&resolved)?;
     let mut cfg = resolved.vm;
     // Layered images are unpacked into a work directory of this sandbox, removed at the end.
@@ -475,6 +496,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(RUN_FAILED)))
 }
 
+/// How long the guest's last spans may take to arrive once its VM has gone.
+const TRACE_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Where the container's standard streams go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Io {
@@ -511,8 +535,27 @@ pub fn execute(
     timeout: Duration,
     on_ready: &dyn Fn(&Path),
 ) -> anyhow::Result<Outcome> {
-    let mut vm = hv.boot(cfg).context("booting the VM")?;
-    vm.wait_ready(timeout).context("waiting for the guest")?;
+    let sink = crate::telemetry::get().map(|t| t.pipeline.clone());
+    let mut cfg = cfg.clone();
+    if sink.is_some() {
+        cfg.trace = true;
+        if let Some(tp) = husk_telemetry::propagation::current_traceparent() {
+            cfg.extra_cmdline
+                .push(format!("{}={tp}", husk_protocols::cmdline::TRACEPARENT));
+        }
+    }
+    let cfg = &cfg;
+    let (mut vm, report) =
+        tracing::info_span!("vm.boot", otel.name = "vm boot").in_scope(|| {
+            let mut vm = hv.boot(cfg).context("booting the VM")?;
+            let report = vm.wait_ready(timeout).context("waiting for the guest")?;
+            anyhow::Ok((vm, report))
+        })?;
+    let traces = husk_trace::receive_guest_spans(
+        vm.take_trace_listener(),
+        report.clock_offset_ns,
+        sink.map(|s| s as std::sync::Arc<dyn husk_telemetry::SpanSink>),
+    );
     let since = |t: std::time::Instant| t.saturating_duration_since(vm.launched_at());
     let mut timings = Timings {
         init_ready: since(std::time::Instant::now()),
@@ -623,7 +666,10 @@ pub fn execute(
         }
         Ok::<i32, anyhow::Error>(code)
     })?;
-    vm.shutdown(vm::SHUTDOWN_TIMEOUT)
-        .context("shutting the VM down")?;
+    let shut = vm.shutdown(vm::SHUTDOWN_TIMEOUT);
+    if let Some(traces) = traces {
+        traces.finish(TRACE_DRAIN_TIMEOUT);
+    }
+    shut.context("shutting the VM down")?;
     Ok(Outcome { code, timings })
 }

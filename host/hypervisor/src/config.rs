@@ -150,6 +150,9 @@ pub struct VmConfig {
     pub nics: Vec<NetDevice>,
     /// virtio-blk disks (`/dev/vda`, `/dev/vdb`, ...).
     pub disks: Vec<Disk>,
+    /// Listen for the guest's spans (vsock port 10240, `husk.tracing=1`): the VM then hands
+    /// out a trace listener ([`crate::Vm::take_trace_listener`]).
+    pub trace: bool,
 }
 
 impl VmConfig {
@@ -168,7 +171,19 @@ impl VmConfig {
             shares: Vec::new(),
             nics: Vec::new(),
             disks: Vec::new(),
+            trace: false,
         }
+    }
+
+    /// The kernel command-line words husk adds for this VM: [`Self::extra_cmdline`], and
+    /// `husk.tracing=1` when the VM traces (only a VM whose host listens for spans runs the
+    /// guest's tracer).
+    pub fn cmdline_words(&self) -> Vec<String> {
+        let mut words = self.extra_cmdline.clone();
+        if self.trace {
+            words.insert(0, format!("{}=1", husk_protocols::cmdline::TRACING));
+        }
+        words
     }
 
     /// The VM's log directory.

@@ -8,7 +8,7 @@
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 
-use husk_protocols::ports::INIT_PORT;
+use husk_protocols::ports::{INIT_PORT, TRACE_PORT};
 
 use crate::boot_files;
 use crate::config::{check_disks, VmConfig};
@@ -26,6 +26,9 @@ pub struct Staged {
     /// The hybrid vsock socket the back end serves (`<run_dir>/vsock.sock`).
     pub vsock_path: PathBuf,
     pub init_listener: UnixListener,
+    /// Bound at `<vsock>_<TRACE_PORT>` when the configuration traces: husk-tracer in the guest
+    /// connects there to hand its spans over.
+    pub trace_listener: Option<UnixListener>,
 }
 
 impl Staged {
@@ -46,12 +49,18 @@ impl Staged {
         let vsock_path = run_dir.join("vsock.sock");
         let init_listener = UnixListener::bind(listener_path(&vsock_path, INIT_PORT))
             .map_err(VmError::io("binding the init channel listener"))?;
+        let trace_listener = config
+            .trace
+            .then(|| UnixListener::bind(listener_path(&vsock_path, TRACE_PORT)))
+            .transpose()
+            .map_err(VmError::io("binding the trace listener"))?;
         Ok(Self {
             run,
             run_dir,
             log_dir,
             vsock_path,
             init_listener,
+            trace_listener,
         })
     }
 }

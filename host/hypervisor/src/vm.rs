@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use husk_protocols::frame::{read_frame, write_frame, FrameError};
 use husk_protocols::init::{self, GuestMessage, HostMessage, Ready};
@@ -60,6 +60,9 @@ pub struct BootReport {
     pub guest_uptime: Duration,
     /// VM build → husk-init's write to the boot timer, measured by the VMM (builtin only).
     pub boot_timer: Option<Duration>,
+    /// The host's wall clock minus the guest's when readiness arrived, in nanoseconds (none
+    /// from an init that does not report its clock). Guest spans are shifted by it.
+    pub clock_offset_ns: Option<i64>,
     pub init: Ready,
 }
 
@@ -81,6 +84,7 @@ pub struct Vm {
     log_dir: PathBuf,
     launched_at: Instant,
     init_listener: Option<UnixListener>,
+    trace_listener: Option<UnixListener>,
     control: Option<UnixStream>,
     events: Option<JoinHandle<()>>,
     ready: Option<BootReport>,
@@ -100,6 +104,8 @@ pub struct VmParts {
     pub launched_at: Instant,
     /// Bound before launch at `<vsock_path>_<INIT_PORT>`.
     pub init_listener: UnixListener,
+    /// Bound before launch at `<vsock_path>_<TRACE_PORT>` when the VM traces.
+    pub trace_listener: Option<UnixListener>,
 }
 
 impl Vm {
@@ -112,6 +118,7 @@ impl Vm {
             log_dir: p.log_dir,
             launched_at: p.launched_at,
             init_listener: Some(p.init_listener),
+            trace_listener: p.trace_listener,
             control: None,
             events: None,
             ready: None,
@@ -152,6 +159,11 @@ impl Vm {
         &self.serial
     }
 
+    /// The listener husk-tracer's connections arrive on (once; none unless the VM traces).
+    pub fn take_trace_listener(&mut self) -> Option<UnixListener> {
+        self.trace_listener.take()
+    }
+
     /// Opens a stream to a guest vsock port.
     pub fn connect(&self, port: u32, timeout: Duration) -> Result<UnixStream, VmError> {
         Ok(crate::vsock::connect(&self.vsock_path, port, timeout)?)
@@ -177,10 +189,33 @@ impl Vm {
     }
 
     /// Waits for husk-init's readiness message, the VM's exit, or the timeout.
+    ///
+    /// Traced, it records the guest's boot phases from the readiness message, under the
+    /// caller's span: `guest kernel` (the guest's clock starting → husk-init starting) and
+    /// `guest init` (→ readiness), placed on the host's clock.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<BootReport, VmError> {
         if let Some(r) = &self.ready {
             return Ok(r.clone());
         }
+        let caller = tracing::Span::current();
+        let span = tracing::info_span!(
+            "vm.wait_ready",
+            otel.name = "vm wait ready",
+            vm = %self.id,
+            otel.status_code = tracing::field::Empty,
+        );
+        let _entered = span.enter();
+        let report = self.wait_ready_inner(timeout);
+        match &report {
+            Ok(r) => record_guest_boot(&caller, r),
+            Err(_) => {
+                span.record("otel.status_code", "error");
+            }
+        }
+        report
+    }
+
+    fn wait_ready_inner(&mut self, timeout: Duration) -> Result<BootReport, VmError> {
         let deadline = Instant::now() + timeout;
         let listener = self.init_listener.take().ok_or_else(|| VmError::Protocol {
             detail: "the init channel was already consumed".into(),
@@ -258,6 +293,7 @@ impl Vm {
             }
         };
         let ready_at = Instant::now();
+        let ready_wall = SystemTime::now();
         if init::major_of(&ready.protocol) != Some(init::MAJOR) {
             return Err(VmError::VersionMismatch {
                 guest: ready.protocol,
@@ -278,6 +314,7 @@ impl Vm {
             guest_uptime: Duration::from_nanos(ready.uptime_ns),
             // husk-init writes the timer just before it sends readiness.
             boot_timer: self.machine.boot_timer(),
+            clock_offset_ns: clock_offset(ready_wall, ready.realtime_ns),
             init: ready,
         };
         self.ready = Some(report.clone());
@@ -294,8 +331,11 @@ impl Vm {
                 detail: "the guest never reported ready; the VM was killed".into(),
             });
         };
+        let _span =
+            tracing::info_span!("vm.shutdown", otel.name = "vm shutdown", vm = %self.id).entered();
         let msg = HostMessage::Shutdown {
             reason: "requested by the host".into(),
+            traceparent: husk_telemetry::propagation::current_traceparent(),
         };
         if let Err(e) = write_frame(control, &msg) {
             tracing::warn!(vm = %self.id, error = %e, "cannot send shutdown; killing the VM");
@@ -349,6 +389,52 @@ impl Vm {
     pub fn kill(&mut self) {
         self.machine.kill();
     }
+}
+
+/// The host's wall clock minus the guest's (`guest_realtime_ns`, 0: not reported), both read at
+/// readiness.
+fn clock_offset(host: SystemTime, guest_realtime_ns: u64) -> Option<i64> {
+    if guest_realtime_ns == 0 {
+        return None;
+    }
+    let host = host.duration_since(UNIX_EPOCH).ok()?.as_nanos();
+    i64::try_from(host as i128 - i128::from(guest_realtime_ns)).ok()
+}
+
+/// The guest's boot phases as spans under `parent`, on the host's clock: the guest's
+/// `CLOCK_BOOTTIME` began `guest_uptime` before readiness arrived.
+fn record_guest_boot(parent: &tracing::Span, r: &BootReport) {
+    // Called as soon as readiness was read: now is when it arrived, to within microseconds.
+    let ready = SystemTime::now();
+    let booted = ready.checked_sub(r.guest_uptime).unwrap_or(ready);
+    let init_started = booted + Duration::from_nanos(r.init.init_started_ns);
+    let kernel_attrs = [
+        ("guest.kernel_release", r.init.kernel_release.clone()),
+        (
+            "vm.first_serial_ms",
+            r.first_serial
+                .map_or_else(String::new, |d| d.as_millis().to_string()),
+        ),
+    ];
+    if r.init.init_started_ns > 0 {
+        husk_telemetry::record_span(parent, "guest kernel", booted, init_started, &kernel_attrs);
+    }
+    let init_attrs = [
+        ("guest.selinux", r.init.selinux.clone()),
+        ("guest.services", r.init.services.join(",")),
+        (
+            "vm.boot_timer_ms",
+            r.boot_timer
+                .map_or_else(String::new, |d| d.as_millis().to_string()),
+        ),
+    ];
+    husk_telemetry::record_span(
+        parent,
+        "guest init",
+        init_started.max(booted),
+        ready,
+        &init_attrs,
+    );
 }
 
 /// Drains guest events (service exits, shutdown notices) into the log until the stream ends,

@@ -12,11 +12,14 @@ mod pod;
 mod rootfs;
 mod shim;
 mod task;
+mod telemetry;
 
 /// The runtime name containerd knows this shim by.
 pub const RUNTIME_ID: &str = "io.containerd.husk.v2";
 
 #[tokio::main]
 async fn main() {
+    // Before any span: the tracing layer is process-wide.
+    telemetry::install();
     containerd_shim::asynchronous::run::<shim::HuskShim>(RUNTIME_ID, None).await;
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use husk_agent_client::AgentClient;
 use husk_config::Config;
+use tracing::Instrument;
 
 use crate::network::{self, PodNetwork};
 use husk_hypervisor::config::{NetDevice, Share};
@@ -19,6 +20,8 @@ use husk_hypervisor::{HostPaths, VmConfig};
 
 /// virtio-fs tag of the pod's share, which holds every container's rootfs (`<id>/rootfs`).
 pub const POD_TAG: &str = "pod";
+/// How long the guest's last spans may take to arrive once the VM has gone.
+const TRACE_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the VM gets to shut down before it is killed.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -38,7 +41,10 @@ pub struct Pod {
     pub shared: PathBuf,
     /// The pod's network attachment, undone at shutdown.
     network: Option<network::Record>,
-    stop: std::sync::Mutex<Option<mpsc::Sender<()>>>,
+    /// Tells the keeper to shut the VM down, under the span that asks.
+    stop: std::sync::Mutex<Option<mpsc::Sender<tracing::Span>>>,
+    /// Receives the guest's spans (tracing on) until the VM has gone.
+    traces: std::sync::Mutex<Option<husk_trace::GuestReceiver>>,
     keeper: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The pod's record in the state directory (`husk ps`, `husk exec`), removed at shutdown.
     record: std::sync::Mutex<Option<husk_state::Registered>>,
@@ -59,6 +65,7 @@ struct Booted {
     vsock: PathBuf,
     pids: Vec<u32>,
     exit: std::os::fd::OwnedFd,
+    traces: Option<husk_trace::GuestReceiver>,
 }
 
 impl Pod {
@@ -113,12 +120,40 @@ impl Pod {
         sandbox_id: &str,
         net: Option<PodNetwork>,
     ) -> anyhow::Result<Self> {
+        let span = tracing::info_span!(
+            "pod.boot",
+            otel.name = "vm boot",
+            sandbox.id = sandbox_id,
+            vm.backend = config.hypervisor.backend.name(),
+            vm.image = %config.hypervisor.image.display(),
+        );
+        Self::boot_traced(config, shared, sandbox_id, net)
+            .instrument(span)
+            .await
+    }
+
+    async fn boot_traced(
+        config: &Config,
+        shared: &Path,
+        sandbox_id: &str,
+        net: Option<PodNetwork>,
+    ) -> anyhow::Result<Self> {
         let hv = husk_hypervisor::for_host(config.hypervisor.backend.into(), &HostPaths::system())
             .context("choosing the hypervisor")?;
         let mut cfg = VmConfig::new(&config.hypervisor.kernel, &config.hypervisor.image);
         cfg.memory_mib = config.hypervisor.memory_mib;
         cfg.vcpus = config.hypervisor.vcpus;
         cfg.extra_cmdline = config.kernel_params();
+        let pipeline = crate::telemetry::get().map(|t| t.pipeline.clone());
+        if let Some(tp) = pipeline
+            .as_ref()
+            .and_then(|_| husk_telemetry::propagation::current_traceparent())
+        {
+            // husk-init's spans join this trace.
+            cfg.extra_cmdline
+                .push(format!("{}={tp}", husk_protocols::cmdline::TRACEPARENT));
+        }
+        cfg.trace = pipeline.is_some();
         cfg.run_root = config.runtime.run_root.clone();
         cfg.log_root = config.runtime.log_root.clone();
         cfg.shares.push(Share {
@@ -140,10 +175,12 @@ impl Pod {
         }
         let ready_timeout = config.agent.ready_timeout();
         let (booted_tx, booted_rx) = tokio::sync::oneshot::channel::<anyhow::Result<Booted>>();
-        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let (stop_tx, stop_rx) = mpsc::channel::<tracing::Span>();
+        let boot_span = tracing::Span::current();
         let keeper = std::thread::Builder::new()
             .name("vm-keeper".into())
             .spawn(move || {
+                let entered = boot_span.enter();
                 let mut vm = match hv.boot(&cfg).context("booting the pod VM") {
                     Ok(vm) => vm,
                     Err(e) => {
@@ -151,11 +188,19 @@ impl Pod {
                         return;
                     }
                 };
-                if let Err(e) = vm.wait_ready(ready_timeout) {
-                    let _ =
-                        booted_tx.send(Err(anyhow::Error::new(e).context("waiting for the guest")));
-                    return;
-                }
+                let report = match vm.wait_ready(ready_timeout) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = booted_tx
+                            .send(Err(anyhow::Error::new(e).context("waiting for the guest")));
+                        return;
+                    }
+                };
+                let traces = husk_trace::receive_guest_spans(
+                    vm.take_trace_listener(),
+                    report.clock_offset_ns,
+                    pipeline.map(|p| p as std::sync::Arc<dyn husk_telemetry::SpanSink>),
+                );
                 let exit = match vm.exit_watch() {
                     Ok(fd) => fd,
                     Err(e) => {
@@ -169,19 +214,27 @@ impl Pod {
                     vsock: vm.vsock_path().to_owned(),
                     pids: vm.pids(),
                     exit,
+                    traces,
                 };
+                drop(entered);
                 if booted_tx.send(Ok(booted)).is_err() {
                     return;
                 }
                 // Held until the pod ends (or the shim dies, and the VM with it).
-                let _ = stop_rx.recv();
+                let asker = stop_rx.recv().unwrap_or_else(|_| tracing::Span::none());
+                let _asked = asker.enter();
                 if let Err(e) = vm.shutdown(SHUTDOWN_TIMEOUT) {
                     tracing::warn!(error = %e, "the pod VM did not shut down cleanly");
                 }
             })
             .context("starting the VM keeper thread")?;
-        let booted = booted_rx.await.context("the VM keeper thread ended")??;
+        let mut booted = booted_rx.await.context("the VM keeper thread ended")??;
+        let traces = booted.traces.take();
         let agent = AgentClient::connect(&booted.vsock, config.agent.dial_timeout())
+            .instrument(tracing::info_span!(
+                "agent.connect",
+                otel.name = "agent connect"
+            ))
             .await
             .context("connecting to the guest agent")?;
         let (interfaces, routes) = net
@@ -225,6 +278,7 @@ impl Pod {
             shared: shared.to_owned(),
             network: net.map(|n| n.record),
             stop: std::sync::Mutex::new(Some(stop_tx)),
+            traces: std::sync::Mutex::new(traces),
             keeper: std::sync::Mutex::new(Some(keeper)),
             record: std::sync::Mutex::new(record),
         })
@@ -269,8 +323,6 @@ impl Pod {
         }
     }
 
-    /// Shuts the VM down and waits for it (its run directory removed); a second call waits
-    /// for nothing.
     /// Adds (`present`) or removes a container id in the pod's record.
     pub fn note_container(&self, id: &str, present: bool) {
         if let Some(r) = self
@@ -291,11 +343,13 @@ impl Pod {
         }
     }
 
+    /// Shuts the VM down and waits for it (its run directory removed), then for the guest's
+    /// last spans; a second call waits for nothing.
     pub async fn shutdown(&self) {
         // Not reachable any more from here on.
         drop(self.record.lock().unwrap_or_else(|p| p.into_inner()).take());
         if let Some(stop) = self.stop.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = stop.send(());
+            let _ = stop.send(tracing::Span::current());
         }
         let keeper = self.keeper.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(keeper) = keeper {
@@ -305,6 +359,15 @@ impl Pod {
             }
             crate::rootfs::unmount(&self.shared);
             crate::rootfs::remove_unmounted(&self.shared);
+        }
+        // The VM is gone: its tracer's connection has ended, after its last spans.
+        let traces = self.traces.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(traces) = traces {
+            let stats =
+                tokio::task::spawn_blocking(move || traces.finish(TRACE_DRAIN_TIMEOUT)).await;
+            if let Ok(stats) = stats {
+                tracing::debug!(?stats, "guest spans received");
+            }
         }
     }
 }

@@ -25,6 +25,8 @@ const EVENT_QUEUE: usize = 128;
 
 /// The shim.
 pub struct HuskShim {
+    /// The id containerd started this shim for (the pod's first container).
+    id: String,
     namespace: String,
     bundle: String,
     /// The serving shim's socket (`unix://PATH`), removed when it ends.
@@ -64,6 +66,7 @@ impl Shim for HuskShim {
         config.no_reaper = true;
         config.no_sub_reaper = true;
         Self {
+            id: args.id.clone(),
             namespace: args.namespace.clone(),
             bundle: args.bundle.clone(),
             socket: args.socket.clone(),
@@ -135,7 +138,13 @@ impl Shim for HuskShim {
             tracing::error!(error = %e, "husk's configuration");
             e.to_string()
         });
-        TaskService::new(self.namespace.clone(), config, self.exit.clone(), tx)
+        TaskService::new(
+            &self.id,
+            self.namespace.clone(),
+            config,
+            self.exit.clone(),
+            tx,
+        )
     }
 }
 

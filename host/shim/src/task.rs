@@ -24,6 +24,7 @@ use containerd_shim::{Task, TtrpcContext, TtrpcResult};
 use husk_agent_client::{open_process_stream, AgentError};
 use husk_config::Config;
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
 use crate::io::{self, Copies, Target};
 use crate::pod::{Pod, POD_TAG};
@@ -154,15 +155,26 @@ pub struct TaskService {
     events: mpsc::Sender<Event>,
     pod: tokio::sync::Mutex<Option<Arc<Pod>>>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
+    /// The sandbox's root span (`sandbox <id>`), parent of every Task API call's span, so one
+    /// pod is one trace; ended at Shutdown. Inert when tracing is off.
+    root: Mutex<Option<tracing::Span>>,
 }
 
 impl TaskService {
     pub fn new(
+        id: &str,
         namespace: String,
         config: Result<Config, String>,
         exit: Arc<ExitSignal>,
         events: mpsc::Sender<Event>,
     ) -> Self {
+        let root = tracing::info_span!(
+            parent: None,
+            "sandbox",
+            otel.name = format!("sandbox {id}"),
+            sandbox.id = id,
+            containerd.namespace = %namespace,
+        );
         Self {
             namespace,
             config,
@@ -170,6 +182,50 @@ impl TaskService {
             events,
             pod: tokio::sync::Mutex::new(None),
             containers: Mutex::new(HashMap::new()),
+            root: Mutex::new(Some(root)),
+        }
+    }
+
+    /// The sandbox's root span (disabled once the shim is shutting down).
+    fn root(&self) -> tracing::Span {
+        self.root
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(tracing::Span::none)
+    }
+
+    /// The span of one Task API call: a child of containerd's span when the request carries a
+    /// `traceparent`, else of the sandbox's root span.
+    fn task_span(&self, ctx: &TtrpcContext, method: &'static str, id: &str) -> tracing::Span {
+        let span = tracing::info_span!(
+            parent: &self.root(),
+            "task",
+            otel.name = format!("task {method}"),
+            otel.kind = "server",
+            rpc.system = "ttrpc",
+            rpc.service = "containerd.task.v2.Task",
+            rpc.method = method,
+            task.id = id,
+        );
+        if let Some(tp) = ctx
+            .metadata
+            .get(husk_protocols::trace_context::TRACEPARENT)
+            .and_then(|v| v.first())
+        {
+            husk_telemetry::propagation::set_parent(&span, tp);
+        }
+        span
+    }
+
+    /// Ends the sandbox's root span and waits (bounded) for every span of the shim and its
+    /// guest to reach the store and the collector.
+    async fn finish_tracing(&self) {
+        drop(self.root.lock().unwrap_or_else(|p| p.into_inner()).take());
+        if let Some(t) = crate::telemetry::get() {
+            let t = t.clone();
+            let _ =
+                tokio::task::spawn_blocking(move || t.flush(crate::telemetry::FLUSH_TIMEOUT)).await;
         }
     }
 
@@ -222,6 +278,7 @@ impl TaskService {
     /// Waits for a process in the guest, then for its output, then publishes its exit.
     fn watch_exit(&self, pod: Arc<Pod>, id: String, p: Arc<Proc>, copies: Copies) {
         let events = self.events.clone();
+        let root = self.root();
         tokio::spawn(async move {
             let code = tokio::select! {
                 r = pod.agent.wait(&id, &p.exec_id) => match r {
@@ -273,7 +330,7 @@ impl TaskService {
             let _ = events
                 .send((topics::TASK_EXIT_EVENT_TOPIC, Box::new(event)))
                 .await;
-        });
+        }.instrument(root));
     }
 
     /// Forwards the guest's OOM kills as TaskOOM events.
@@ -386,175 +443,202 @@ fn timestamp(e: &Option<Exited>) -> MessageField<Timestamp> {
 impl Task for TaskService {
     async fn create(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
-        if self.container(&req.id).is_ok() {
-            return Err(status(
-                Code::ALREADY_EXISTS,
-                format!("task {} exists", req.id),
-            ));
-        }
-        let c = self.create_task(&req).await.map_err(|e| {
-            tracing::warn!(task = %req.id, error = %format!("{e:#}"), "create failed");
-            match e.downcast::<AgentError>() {
-                Ok(a) => agent_status(a),
-                Err(e) => internal(e),
+        let span = self.task_span(ctx, "Create", &req.id);
+        async {
+            if self.container(&req.id).is_ok() {
+                return Err(status(
+                    Code::ALREADY_EXISTS,
+                    format!("task {} exists", req.id),
+                ));
             }
-        })?;
-        let pid = c.init.pid();
-        self.containers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(req.id.clone(), c);
-        self.publish(
-            topics::TASK_CREATE_EVENT_TOPIC,
-            Box::new(TaskCreate {
-                container_id: req.id.clone(),
-                bundle: req.bundle.clone(),
-                rootfs: req
-                    .rootfs
-                    .iter()
-                    .map(|m| containerd_shim::protos::types::mount::Mount {
-                        type_: m.type_.clone(),
-                        source: m.source.clone(),
-                        target: m.target.clone(),
-                        options: m.options.clone(),
+            let c = self.create_task(&req).await.map_err(|e| {
+                tracing::warn!(task = %req.id, error = %format!("{e:#}"), "create failed");
+                match e.downcast::<AgentError>() {
+                    Ok(a) => agent_status(a),
+                    Err(e) => internal(e),
+                }
+            })?;
+            let pid = c.init.pid();
+            self.containers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(req.id.clone(), c);
+            self.publish(
+                topics::TASK_CREATE_EVENT_TOPIC,
+                Box::new(TaskCreate {
+                    container_id: req.id.clone(),
+                    bundle: req.bundle.clone(),
+                    rootfs: req
+                        .rootfs
+                        .iter()
+                        .map(|m| containerd_shim::protos::types::mount::Mount {
+                            type_: m.type_.clone(),
+                            source: m.source.clone(),
+                            target: m.target.clone(),
+                            options: m.options.clone(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    io: MessageField::some(TaskIO {
+                        stdin: req.stdin.clone(),
+                        stdout: req.stdout.clone(),
+                        stderr: req.stderr.clone(),
+                        terminal: req.terminal,
                         ..Default::default()
-                    })
-                    .collect(),
-                io: MessageField::some(TaskIO {
-                    stdin: req.stdin.clone(),
-                    stdout: req.stdout.clone(),
-                    stderr: req.stderr.clone(),
-                    terminal: req.terminal,
+                    }),
+                    pid,
                     ..Default::default()
                 }),
+            );
+            Ok(api::CreateTaskResponse {
                 pid,
                 ..Default::default()
-            }),
-        );
-        Ok(api::CreateTaskResponse {
-            pid,
-            ..Default::default()
-        })
+            })
+        }
+        .instrument(span)
+        .await
     }
 
     async fn start(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
-        let c = self.container(&req.id)?;
-        let p = c.proc(&req.exec_id)?;
-        if p.status() != api::Status::CREATED {
-            return Err(status(Code::FAILED_PRECONDITION, "already started"));
+        let span = self.task_span(ctx, "Start", &req.id);
+        async {
+            let c = self.container(&req.id)?;
+            let p = c.proc(&req.exec_id)?;
+            if p.status() != api::Status::CREATED {
+                return Err(status(Code::FAILED_PRECONDITION, "already started"));
+            }
+            let pod = self.pod().await?;
+            let copies = Self::attach(&pod, &c.id, &self.namespace, &p).map_err(internal)?;
+            let pid = pod
+                .agent
+                .start_process(&c.id, &p.exec_id)
+                .await
+                .map_err(agent_status)?;
+            *p.pid.lock().unwrap_or_else(|p| p.into_inner()) = pid;
+            p.set_status(api::Status::RUNNING);
+            self.watch_exit(pod, c.id.clone(), p.clone(), copies);
+            if p.exec_id.is_empty() {
+                self.publish(
+                    topics::TASK_START_EVENT_TOPIC,
+                    Box::new(TaskStart {
+                        container_id: c.id.clone(),
+                        pid,
+                        ..Default::default()
+                    }),
+                );
+            } else {
+                self.publish(
+                    topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+                    Box::new(TaskExecStarted {
+                        container_id: c.id.clone(),
+                        exec_id: p.exec_id.clone(),
+                        pid,
+                        ..Default::default()
+                    }),
+                );
+            }
+            Ok(api::StartResponse {
+                pid,
+                ..Default::default()
+            })
         }
-        let pod = self.pod().await?;
-        let copies = Self::attach(&pod, &c.id, &self.namespace, &p).map_err(internal)?;
-        let pid = pod
-            .agent
-            .start_process(&c.id, &p.exec_id)
-            .await
-            .map_err(agent_status)?;
-        *p.pid.lock().unwrap_or_else(|p| p.into_inner()) = pid;
-        p.set_status(api::Status::RUNNING);
-        self.watch_exit(pod, c.id.clone(), p.clone(), copies);
-        if p.exec_id.is_empty() {
-            self.publish(
-                topics::TASK_START_EVENT_TOPIC,
-                Box::new(TaskStart {
-                    container_id: c.id.clone(),
-                    pid,
-                    ..Default::default()
-                }),
-            );
-        } else {
-            self.publish(
-                topics::TASK_EXEC_STARTED_EVENT_TOPIC,
-                Box::new(TaskExecStarted {
-                    container_id: c.id.clone(),
-                    exec_id: p.exec_id.clone(),
-                    pid,
-                    ..Default::default()
-                }),
-            );
-        }
-        Ok(api::StartResponse {
-            pid,
-            ..Default::default()
-        })
+        .instrument(span)
+        .await
     }
 
     async fn state(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
-        let c = self.container(&req.id)?;
-        let p = c.proc(&req.exec_id)?;
-        let exited = p.exited();
-        let [stdin, stdout, stderr] = p.stdio.clone();
-        Ok(api::StateResponse {
-            id: req.id.clone(),
-            bundle: c.bundle.display().to_string(),
-            pid: p.pid(),
-            status: p.status().into(),
-            stdin,
-            stdout,
-            stderr,
-            terminal: p.terminal,
-            exit_status: exited.as_ref().map_or(0, |e| e.status),
-            exited_at: timestamp(&exited),
-            exec_id: req.exec_id.clone(),
-            ..Default::default()
-        })
+        let span = self.task_span(ctx, "State", &req.id);
+        async {
+            let c = self.container(&req.id)?;
+            let p = c.proc(&req.exec_id)?;
+            let exited = p.exited();
+            let [stdin, stdout, stderr] = p.stdio.clone();
+            Ok(api::StateResponse {
+                id: req.id.clone(),
+                bundle: c.bundle.display().to_string(),
+                pid: p.pid(),
+                status: p.status().into(),
+                stdin,
+                stdout,
+                stderr,
+                terminal: p.terminal,
+                exit_status: exited.as_ref().map_or(0, |e| e.status),
+                exited_at: timestamp(&exited),
+                exec_id: req.exec_id.clone(),
+                ..Default::default()
+            })
+        }
+        .instrument(span)
+        .await
     }
 
     async fn wait(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: api::WaitRequest,
     ) -> TtrpcResult<api::WaitResponse> {
-        let p = self.container(&req.id)?.proc(&req.exec_id)?;
-        let mut rx = p.exit.subscribe();
-        let e = rx
-            .wait_for(Option::is_some)
-            .await
-            .map_err(|_| status(Code::NOT_FOUND, "the process was deleted while waiting"))?
-            .clone();
-        let exited = e.unwrap_or(Exited {
-            status: 255,
-            at: Timestamp::now(),
-        });
-        Ok(api::WaitResponse {
-            exit_status: exited.status,
-            exited_at: MessageField::some(exited.at),
-            ..Default::default()
-        })
+        let span = self.task_span(ctx, "Wait", &req.id);
+        async {
+            let p = self.container(&req.id)?.proc(&req.exec_id)?;
+            let mut rx = p.exit.subscribe();
+            let e = rx
+                .wait_for(Option::is_some)
+                .await
+                .map_err(|_| status(Code::NOT_FOUND, "the process was deleted while waiting"))?
+                .clone();
+            let exited = e.unwrap_or(Exited {
+                status: 255,
+                at: Timestamp::now(),
+            });
+            Ok(api::WaitResponse {
+                exit_status: exited.status,
+                exited_at: MessageField::some(exited.at),
+                ..Default::default()
+            })
+        }
+        .instrument(span)
+        .await
     }
 
-    async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
-        let c = self.container(&req.id)?;
-        let p = c.proc(&req.exec_id)?;
-        if p.status() == api::Status::STOPPED {
-            return Err(status(Code::NOT_FOUND, "process already finished"));
+    async fn kill(&self, ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        let span = self.task_span(ctx, "Kill", &req.id);
+        async {
+            let c = self.container(&req.id)?;
+            let p = c.proc(&req.exec_id)?;
+            if p.status() == api::Status::STOPPED {
+                return Err(status(Code::NOT_FOUND, "process already finished"));
+            }
+            let pod = self.pod().await?;
+            // The init is PID 1 of the container's namespace: when it dies every process in it
+            // does, so `--all` is the init's signal.
+            pod.agent
+                .signal(&c.id, &req.exec_id, req.signal)
+                .await
+                .map_err(agent_status)?;
+            Ok(api::Empty::default())
         }
-        let pod = self.pod().await?;
-        // The init is PID 1 of the container's namespace: when it dies every process in it
-        // does, so `--all` is the init's signal.
-        pod.agent
-            .signal(&c.id, &req.exec_id, req.signal)
-            .await
-            .map_err(agent_status)?;
-        Ok(api::Empty::default())
+        .instrument(span)
+        .await
     }
 
     async fn delete(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
+        let span = self.task_span(ctx, "Delete", &req.id);
+        async {
         let c = self.container(&req.id)?;
         let p = c.proc(&req.exec_id)?;
         if p.status() == api::Status::RUNNING || p.status() == api::Status::PAUSED {
@@ -607,187 +691,241 @@ impl Task for TaskService {
             ..Default::default()
         })
     }
+        .instrument(span)
+        .await
+    }
 
     async fn exec(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: api::ExecProcessRequest,
     ) -> TtrpcResult<api::Empty> {
-        let c = self.container(&req.id)?;
-        let process = std::str::from_utf8(&req.spec.value).map_err(|_| {
-            status(
-                Code::INVALID_ARGUMENT,
-                "the exec's process spec is not UTF-8 JSON",
-            )
-        })?;
-        let pod = self.pod().await?;
-        pod.agent
-            .exec_process(&c.id, &req.exec_id, process)
-            .await
-            .map_err(agent_status)?;
-        let p = Arc::new(Proc::new(
-            &req.exec_id,
-            req.terminal,
-            [req.stdin.clone(), req.stdout.clone(), req.stderr.clone()],
-        ));
-        c.execs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(req.exec_id.clone(), p);
-        self.publish(
-            topics::TASK_EXEC_ADDED_EVENT_TOPIC,
-            Box::new(TaskExecAdded {
-                container_id: c.id.clone(),
-                exec_id: req.exec_id.clone(),
-                ..Default::default()
-            }),
-        );
-        Ok(api::Empty::default())
+        let span = self.task_span(ctx, "Exec", &req.id);
+        async {
+            let c = self.container(&req.id)?;
+            let process = std::str::from_utf8(&req.spec.value).map_err(|_| {
+                status(
+                    Code::INVALID_ARGUMENT,
+                    "the exec's process spec is not UTF-8 JSON",
+                )
+            })?;
+            let pod = self.pod().await?;
+            pod.agent
+                .exec_process(&c.id, &req.exec_id, process)
+                .await
+                .map_err(agent_status)?;
+            let p = Arc::new(Proc::new(
+                &req.exec_id,
+                req.terminal,
+                [req.stdin.clone(), req.stdout.clone(), req.stderr.clone()],
+            ));
+            c.execs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(req.exec_id.clone(), p);
+            self.publish(
+                topics::TASK_EXEC_ADDED_EVENT_TOPIC,
+                Box::new(TaskExecAdded {
+                    container_id: c.id.clone(),
+                    exec_id: req.exec_id.clone(),
+                    ..Default::default()
+                }),
+            );
+            Ok(api::Empty::default())
+        }
+        .instrument(span)
+        .await
     }
 
     async fn pids(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: api::PidsRequest,
     ) -> TtrpcResult<api::PidsResponse> {
-        let c = self.container(&req.id)?;
-        let pod = self.pod().await?;
-        let procs = pod
-            .agent
-            .list_processes(&c.id)
-            .await
-            .map_err(agent_status)?;
-        Ok(api::PidsResponse {
-            processes: procs
-                .into_iter()
-                .map(|p| containerd_shim::protos::api::ProcessInfo {
-                    pid: p.pid,
+        let span = self.task_span(ctx, "Pids", &req.id);
+        async {
+            let c = self.container(&req.id)?;
+            let pod = self.pod().await?;
+            let procs = pod
+                .agent
+                .list_processes(&c.id)
+                .await
+                .map_err(agent_status)?;
+            Ok(api::PidsResponse {
+                processes: procs
+                    .into_iter()
+                    .map(|p| containerd_shim::protos::api::ProcessInfo {
+                        pid: p.pid,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn pause(&self, ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        let span = self.task_span(ctx, "Pause", &req.id);
+        async {
+            let c = self.container(&req.id)?;
+            let pod = self.pod().await?;
+            pod.agent.pause(&c.id).await.map_err(agent_status)?;
+            c.init.set_status(api::Status::PAUSED);
+            self.publish(
+                topics::TASK_PAUSED_EVENT_TOPIC,
+                Box::new(TaskPaused {
+                    container_id: c.id.clone(),
                     ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        })
+                }),
+            );
+            Ok(api::Empty::default())
+        }
+        .instrument(span)
+        .await
     }
 
-    async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
-        let c = self.container(&req.id)?;
-        let pod = self.pod().await?;
-        pod.agent.pause(&c.id).await.map_err(agent_status)?;
-        c.init.set_status(api::Status::PAUSED);
-        self.publish(
-            topics::TASK_PAUSED_EVENT_TOPIC,
-            Box::new(TaskPaused {
-                container_id: c.id.clone(),
-                ..Default::default()
-            }),
-        );
-        Ok(api::Empty::default())
-    }
-
-    async fn resume(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::ResumeRequest,
-    ) -> TtrpcResult<api::Empty> {
-        let c = self.container(&req.id)?;
-        let pod = self.pod().await?;
-        pod.agent.resume(&c.id).await.map_err(agent_status)?;
-        c.init.set_status(api::Status::RUNNING);
-        self.publish(
-            topics::TASK_RESUMED_EVENT_TOPIC,
-            Box::new(TaskResumed {
-                container_id: c.id.clone(),
-                ..Default::default()
-            }),
-        );
-        Ok(api::Empty::default())
+    async fn resume(&self, ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
+        let span = self.task_span(ctx, "Resume", &req.id);
+        async {
+            let c = self.container(&req.id)?;
+            let pod = self.pod().await?;
+            pod.agent.resume(&c.id).await.map_err(agent_status)?;
+            c.init.set_status(api::Status::RUNNING);
+            self.publish(
+                topics::TASK_RESUMED_EVENT_TOPIC,
+                Box::new(TaskResumed {
+                    container_id: c.id.clone(),
+                    ..Default::default()
+                }),
+            );
+            Ok(api::Empty::default())
+        }
+        .instrument(span)
+        .await
     }
 
     async fn resize_pty(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: api::ResizePtyRequest,
     ) -> TtrpcResult<api::Empty> {
-        let c = self.container(&req.id)?;
-        let pod = self.pod().await?;
-        pod.agent
-            .resize_tty(&c.id, &req.exec_id, req.height, req.width)
-            .await
-            .map_err(agent_status)?;
-        Ok(api::Empty::default())
+        let span = self.task_span(ctx, "ResizePty", &req.id);
+        async {
+            let c = self.container(&req.id)?;
+            let pod = self.pod().await?;
+            pod.agent
+                .resize_tty(&c.id, &req.exec_id, req.height, req.width)
+                .await
+                .map_err(agent_status)?;
+            Ok(api::Empty::default())
+        }
+        .instrument(span)
+        .await
     }
 
     async fn close_io(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: api::CloseIORequest,
     ) -> TtrpcResult<api::Empty> {
-        // The stdin copy ends by itself when containerd closes its end of the FIFO, and the
-        // guest then reads end of input after the last byte; closing here would drop bytes.
-        let c = self.container(&req.id)?;
-        c.proc(&req.exec_id)?;
-        Ok(api::Empty::default())
+        let span = self.task_span(ctx, "CloseIO", &req.id);
+        async {
+            // The stdin copy ends by itself when containerd closes its end of the FIFO, and the
+            // guest then reads end of input after the last byte; closing here would drop bytes.
+            let c = self.container(&req.id)?;
+            c.proc(&req.exec_id)?;
+            Ok(api::Empty::default())
+        }
+        .instrument(span)
+        .await
     }
 
     async fn update(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: api::UpdateTaskRequest,
     ) -> TtrpcResult<api::Empty> {
-        let c = self.container(&req.id)?;
-        let json = std::str::from_utf8(&req.resources.value)
-            .map_err(|_| status(Code::INVALID_ARGUMENT, "the resources are not UTF-8 JSON"))?;
-        let pod = self.pod().await?;
-        pod.agent.update(&c.id, json).await.map_err(agent_status)?;
-        Ok(api::Empty::default())
+        let span = self.task_span(ctx, "Update", &req.id);
+        async {
+            let c = self.container(&req.id)?;
+            let json = std::str::from_utf8(&req.resources.value)
+                .map_err(|_| status(Code::INVALID_ARGUMENT, "the resources are not UTF-8 JSON"))?;
+            let pod = self.pod().await?;
+            pod.agent.update(&c.id, json).await.map_err(agent_status)?;
+            Ok(api::Empty::default())
+        }
+        .instrument(span)
+        .await
     }
 
     async fn stats(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
-        let c = self.container(&req.id)?;
-        let pod = self.pod().await?;
-        let s = pod.agent.stats(&c.id).await.map_err(agent_status)?;
-        let metrics = crate::metrics::from_guest(&s);
-        let any = crate::metrics::pack(&metrics)
-            .map_err(|e| status(Code::INTERNAL, format!("encoding the metrics: {e}")))?;
-        Ok(api::StatsResponse {
-            stats: MessageField::some(any),
-            ..Default::default()
-        })
+        let span = self.task_span(ctx, "Stats", &req.id);
+        async {
+            let c = self.container(&req.id)?;
+            let pod = self.pod().await?;
+            let s = pod.agent.stats(&c.id).await.map_err(agent_status)?;
+            let metrics = crate::metrics::from_guest(&s);
+            let any = crate::metrics::pack(&metrics)
+                .map_err(|e| status(Code::INTERNAL, format!("encoding the metrics: {e}")))?;
+            Ok(api::StatsResponse {
+                stats: MessageField::some(any),
+                ..Default::default()
+            })
+        }
+        .instrument(span)
+        .await
     }
 
     async fn connect(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: api::ConnectRequest,
     ) -> TtrpcResult<api::ConnectResponse> {
-        let task_pid = self.container(&req.id).map(|c| c.init.pid()).unwrap_or(0);
-        Ok(api::ConnectResponse {
-            shim_pid: std::process::id(),
-            task_pid,
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            ..Default::default()
-        })
+        let span = self.task_span(ctx, "Connect", &req.id);
+        async {
+            let task_pid = self.container(&req.id).map(|c| c.init.pid()).unwrap_or(0);
+            Ok(api::ConnectResponse {
+                shim_pid: std::process::id(),
+                task_pid,
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                ..Default::default()
+            })
+        }
+        .instrument(span)
+        .await
     }
 
     async fn shutdown(
         &self,
-        _ctx: &TtrpcContext,
-        _req: api::ShutdownRequest,
+        ctx: &TtrpcContext,
+        req: api::ShutdownRequest,
     ) -> TtrpcResult<api::Empty> {
-        if !self
-            .containers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
-        {
-            return Ok(api::Empty::default());
+        let span = self.task_span(ctx, "Shutdown", &req.id);
+        let stop = async {
+            let idle = self
+                .containers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty();
+            if idle {
+                self.stop_pod().await;
+            }
+            idle
         }
-        self.stop_pod().await;
-        self.exit.signal();
+        .instrument(span)
+        .await;
+        if stop {
+            // The shim's own spans go before it does: the sandbox's root span ends here, and
+            // with it the trace.
+            self.finish_tracing().await;
+            self.exit.signal();
+        }
         Ok(api::Empty::default())
     }
 }

@@ -297,6 +297,9 @@ impl Cgroup {
     /// and only when the parent's `cgroup.controllers` lists it. Fails with
     /// [`CgroupError::AlreadyExists`] when the directory exists.
     pub fn create(root: &Path, name: &str) -> Result<Self, CgroupError> {
+        let _span =
+            husk_telemetry::child_span!("jail.cgroup", otel.name = "jail cgroup", cgroup = name)
+                .entered();
         if name.is_empty()
             || name == "."
             || name == ".."
@@ -353,6 +356,7 @@ impl Cgroup {
     /// value is validated before anything is written; only the fields that are set are
     /// written. Other fields (devices, hugepages, unified, ...) are not applied.
     pub fn apply(&self, resources: &LinuxResources) -> Result<(), CgroupError> {
+        let _span = husk_telemetry::child_span!("jail.limits", otel.name = "jail limits").entered();
         let settings = plan::plan(resources)?;
         let bfq = if settings
             .iter()

@@ -66,6 +66,15 @@ pub enum HookError {
 
 /// Runs `hooks` in order, each with `state` on stdin; stops at the first failure.
 pub fn run_all(point: &'static str, hooks: &[HookPlan], state: &str) -> Result<(), HookError> {
+    if hooks.is_empty() {
+        return Ok(());
+    }
+    let _span = husk_telemetry::child_span!(
+        "jail.hooks",
+        otel.name = format!("jail hooks {point}"),
+        hooks = hooks.len(),
+    )
+    .entered();
     for h in hooks {
         run(point, h, state)?;
     }

@@ -79,6 +79,12 @@ pub fn spawn(
     stdio: ProcessStdio,
     on_mounted: &mut dyn FnMut(u32) -> Result<String, String>,
 ) -> Result<(u32, Option<Created>), LaunchError> {
+    let _span = husk_telemetry::child_span!(
+        "jail.spawn",
+        otel.name = "jail spawn",
+        jail.mode = ?cfg.mode,
+    )
+    .entered();
     let (mut ours, theirs) = UnixStream::pair().map_err(LaunchError::Spawn)?;
     let [i, o, e] = stdio;
     let mut cmd = Command::new("/proc/self/exe");
@@ -187,6 +193,7 @@ impl Created {
     /// Lets the process run its startContainer hooks (with `state`) and exec; returns once
     /// it has exec'd. `hook_secs`: the sum of those hooks' timeouts.
     pub fn start(mut self, state: String, hook_secs: u64) -> Result<(), LaunchError> {
+        let _span = husk_telemetry::child_span!("jail.start", otel.name = "jail start").entered();
         timeout(&self.sock, hook_secs);
         send(&mut self.sock, &ToJail::Start { state })?;
         match recv(&mut self.sock)? {

@@ -345,6 +345,12 @@ const FS_TYPES: &[&str] = &[
 
 /// Parses and validates a spec given as JSON.
 pub fn parse(json: &str) -> Result<ContainerPlan, SpecError> {
+    let _span = husk_telemetry::child_span!(
+        "jail.spec",
+        otel.name = "jail spec",
+        spec.bytes = json.len(),
+    )
+    .entered();
     object(json, "the OCI spec")?;
     let spec: Spec = serde_json::from_str(json).map_err(|e| SpecError::Malformed(e.to_string()))?;
     plan(&spec)

@@ -476,6 +476,13 @@ impl Containers {
         rootfs_tag: &str,
         rootfs_path: &str,
     ) -> Result<(), ContainerError> {
+        let _span = husk_telemetry::child_span!(
+            "container.create",
+            otel.name = "container create",
+            container.id = id,
+            rootfs.tag = rootfs_tag,
+        )
+        .entered();
         check_id("container id", id)?;
         if !valid_tag(rootfs_tag) {
             return Err(ContainerError::Invalid(format!(
@@ -662,8 +669,11 @@ impl Containers {
         exec_id: &str,
         kind: StreamKind,
         stream: VsockStream,
+        span: tracing::Span,
     ) -> Result<(), ContainerError> {
-        self.process(id, exec_id)?.1.attach(kind, Some(stream))
+        self.process(id, exec_id)?
+            .1
+            .attach(kind, Some((stream, span)))
     }
 
     /// Records a process to run in a running container; it starts with [`Self::start`].
@@ -736,6 +746,13 @@ impl Containers {
     /// Starts the container's init (empty `exec_id`), created and waiting, or an exec'd
     /// process in the init's namespaces, cgroup and root. Blocks for the jail and the hooks.
     pub fn start(&self, id: &str, exec_id: &str) -> Result<u32, ContainerError> {
+        let _span = husk_telemetry::child_span!(
+            "container.start",
+            otel.name = "container start",
+            container.id = id,
+            exec.id = exec_id,
+        )
+        .entered();
         let (c, p) = self.process(id, exec_id)?;
         if c.paused.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(ContainerError::State {

@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_vsock::VsockStream;
+use tracing::Instrument;
 
 use super::tty::Pty;
 use super::{io_err, ContainerError};
@@ -26,11 +27,14 @@ const PIPE_SIZE: libc::c_int = 1 << 20;
 /// Copy buffer for output: large writes keep vsock packets full (8 KiB ones cost ~8× more).
 const COPY_BUF: usize = 256 * 1024;
 
+/// An attached stdio stream and its span (open → close; inert when untraced).
+pub type Attached = (VsockStream, tracing::Span);
+
 #[derive(Default)]
 struct Streams {
-    stdin: Option<VsockStream>,
-    stdout: Option<VsockStream>,
-    stderr: Option<VsockStream>,
+    stdin: Option<Attached>,
+    stdout: Option<Attached>,
+    stderr: Option<Attached>,
 }
 
 /// The pipes of a process without a terminal: the child's ends go to the jail, the agent's
@@ -85,7 +89,14 @@ type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// Copies a process's output to its stream (or drops it when none is attached: a terminal must
 /// still be drained), then closes the stream: the host's end of output.
-async fn copy_out(mut from: Reader, mut to: Option<VsockStream>) {
+async fn copy_out(from: Reader, to: Option<Attached>) {
+    match to {
+        Some((stream, span)) => copy_out_to(from, Some(stream)).instrument(span).await,
+        None => copy_out_to(from, None).await,
+    }
+}
+
+async fn copy_out_to(mut from: Reader, mut to: Option<VsockStream>) {
     let mut buf = vec![0u8; COPY_BUF];
     loop {
         match from.read(&mut buf).await {
@@ -110,7 +121,12 @@ async fn copy_out(mut from: Reader, mut to: Option<VsockStream>) {
 }
 
 /// Copies the stdin stream to the process until the stream ends or CloseStdin.
-async fn copy_in(mut from: VsockStream, mut to: Writer, close: Arc<Notify>) {
+async fn copy_in(from: Attached, to: Writer, close: Arc<Notify>) {
+    let (from, span) = from;
+    copy_in_from(from, to, close).instrument(span).await
+}
+
+async fn copy_in_from(mut from: VsockStream, mut to: Writer, close: Arc<Notify>) {
     tokio::select! {
         r = tokio::io::copy(&mut from, &mut to) => {
             if let Err(e) = r {
@@ -199,11 +215,7 @@ impl Process {
 
     /// Attaches a stdio stream before the process starts; with `None`, only checks that one
     /// could attach now (the agent answers the stream's opening before handing it over).
-    pub fn attach(
-        &self,
-        kind: StreamKind,
-        stream: Option<VsockStream>,
-    ) -> Result<(), ContainerError> {
+    pub fn attach(&self, kind: StreamKind, stream: Option<Attached>) -> Result<(), ContainerError> {
         let mut st = self.state();
         if st.started {
             return Err(self.error("already started: attach stdio before starting it"));
@@ -277,8 +289,8 @@ impl Process {
             return Err(self.error("has exited before it was started"));
         }
         let streams = std::mem::take(&mut st.streams);
-        let mut outputs: Vec<(Reader, Option<VsockStream>)> = Vec::new();
-        let mut input: Option<(Writer, VsockStream)> = None;
+        let mut outputs: Vec<(Reader, Option<Attached>)> = Vec::new();
+        let mut input: Option<(Writer, Attached)> = None;
         if let Some(pty) = &self.pty {
             let io = |what| pty.io().map_err(io_err(what));
             outputs.push((Box::new(io("reading the terminal")?), streams.stdout));

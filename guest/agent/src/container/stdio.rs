@@ -65,6 +65,23 @@ async fn handle(containers: Arc<Containers>, mut s: VsockStream) {
     };
     // Answer before handing the stream over: after the reply the bytes are the process's.
     let (id, exec, kind) = (open.container_id, open.exec_id, open.stream);
+    // From the opening to the stream's close, in the host's trace when it sent one.
+    let span = match open.traceparent.as_deref() {
+        Some(tp) => {
+            let span = tracing::info_span!(
+                "stdio",
+                otel.name = format!("stdio {kind:?}"),
+                container.id = %id,
+                exec.id = %exec,
+            );
+            if husk_telemetry::propagation::set_parent(&span, tp) {
+                span
+            } else {
+                tracing::Span::none()
+            }
+        }
+        None => tracing::Span::none(),
+    };
     if let Err(e) = containers.check_attach(&id, &exec, kind) {
         let _ = reply(&mut s, Some(e.to_string())).await;
         return;
@@ -73,7 +90,7 @@ async fn handle(containers: Arc<Containers>, mut s: VsockStream) {
         tracing::warn!(error = %e, "stdio stream closed during its opening");
         return;
     }
-    if let Err(e) = containers.attach(&id, &exec, kind, s) {
+    if let Err(e) = containers.attach(&id, &exec, kind, s, span) {
         tracing::warn!(container = %id, error = %e, "stdio stream refused");
     }
 }

@@ -69,7 +69,7 @@ fn cmdline_extra(config: &VmConfig) -> String {
         "quiet".to_owned(),
         format!("{BOOT_TIMER}={BOOT_TIMER_ADDRESS:#x}"),
     ];
-    words.extend(config.extra_cmdline.iter().cloned());
+    words.extend(config.cmdline_words());
     words.join(" ")
 }
 
@@ -94,6 +94,15 @@ impl Hypervisor for BuiltinBackend {
                     .into(),
             ));
         }
+        let _span = tracing::info_span!(
+            "vm.launch",
+            otel.name = "vm launch",
+            vm.backend = "builtin",
+            vm.id = %config.id,
+            vm.memory_mib = config.memory_mib,
+            vm.vcpus = config.vcpus,
+        )
+        .entered();
         let vcpus = u8::try_from(config.vcpus)
             .map_err(|_| VmError::BadConfig(format!("{} vCPUs is too many", config.vcpus)))?;
         let Staged {
@@ -102,6 +111,7 @@ impl Hypervisor for BuiltinBackend {
             log_dir,
             vsock_path,
             init_listener,
+            trace_listener,
         } = Staged::new(config)?;
 
         let mut virtiofsd = Vec::new();
@@ -179,6 +189,7 @@ impl Hypervisor for BuiltinBackend {
             log_dir,
             launched_at,
             init_listener,
+            trace_listener,
         }))
     }
 }

@@ -172,6 +172,16 @@ impl Hypervisor for QemuBackend {
     }
 
     fn boot(&self, config: &VmConfig) -> Result<Vm, VmError> {
+        let _span = tracing::info_span!(
+            "vm.launch",
+            otel.name = "vm launch",
+            vm.backend = "qemu",
+            vm.accel = self.plan.accel.name(),
+            vm.id = %config.id,
+            vm.memory_mib = config.memory_mib,
+            vm.vcpus = config.vcpus,
+        )
+        .entered();
         crate::config::check_nics(&config.nics).map_err(VmError::BadNic)?;
         let Staged {
             run,
@@ -179,6 +189,7 @@ impl Hypervisor for QemuBackend {
             log_dir,
             vsock_path,
             init_listener,
+            trace_listener,
         } = Staged::new(config)?;
         let vhost_socket = run_dir.join("vhost-vsock.sock");
         let qmp_socket = run_dir.join("qmp.sock");
@@ -243,7 +254,7 @@ impl Hypervisor for QemuBackend {
             .collect();
         let cmdline = kernel_cmdline(
             if config.icount { None } else { self.tsc_khz },
-            &config.extra_cmdline,
+            &config.cmdline_words(),
         );
         let args = cmdline::QemuArgs {
             name: &config.id,
@@ -316,6 +327,7 @@ impl Hypervisor for QemuBackend {
             log_dir,
             launched_at,
             init_listener,
+            trace_listener,
         }))
     }
 }
