@@ -317,6 +317,8 @@ impl Shared {
                     }
                 }
                 Err(FrameError::Closed) | Err(FrameError::Io(_)) => break,
+                // Cut short by `finish` shutting the connection down: not the guest's fault.
+                Err(_) if lock(&self.conns).stopping => break,
                 Err(e) => {
                     self.frames.fetch_add(1, Ordering::Relaxed);
                     self.malformed.fetch_add(1, Ordering::Relaxed);
