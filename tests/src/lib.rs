@@ -11,6 +11,7 @@ use std::time::Duration;
 
 pub mod containerd;
 pub mod netns;
+pub mod otlp;
 
 use husk_hypervisor::{artifacts, BackendChoice, BootReport, HostPaths, Hypervisor, Vm, VmConfig};
 
