@@ -17,8 +17,12 @@ use crate::frame::{read_body_max, write_body_max, FrameError};
 /// husk-tracer's local socket in the guest (a Unix stream socket).
 pub const TRACER_SOCKET: &str = "/run/husk/tracer.sock";
 
-/// Largest frame on either hop (4 MiB): a batch bigger than this is split by its sender.
-pub const MAX_TRACE_FRAME: usize = 4 * 1024 * 1024;
+/// Largest frame on either hop (256 KiB): a batch bigger than this is split by its sender.
+/// Small on purpose: protobuf decodes to much more memory than it takes on the wire (an empty
+/// span is 2 bytes encoded and some 250 decoded), so the limit bounds what one hostile frame
+/// costs the host to decode (tens of MiB) while a batch of husk's spans (a few hundred bytes
+/// each) still fits hundreds.
+pub const MAX_TRACE_FRAME: usize = 256 * 1024;
 
 /// The host's answer to one forwarded frame: received and handed on.
 pub const ACK: u8 = 0x06;

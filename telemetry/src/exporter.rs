@@ -44,7 +44,7 @@ impl OtlpExporter {
     }
 
     /// Requests for `batch`, each small enough for one frame (a single span too big for a
-    /// frame is dropped: no span of husk's comes near 4 MiB).
+    /// frame is dropped: no span of husk's comes near the limit).
     fn requests(&self, batch: Vec<SpanData>) -> Vec<ExportTraceServiceRequest> {
         let mut out = Vec::new();
         let mut todo = vec![batch];

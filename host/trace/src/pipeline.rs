@@ -38,6 +38,24 @@ pub struct PipelineConfig {
     pub otlp: Option<OtlpTarget>,
 }
 
+impl From<&husk_config::Config> for PipelineConfig {
+    /// The pipeline `[tracing]` asks for: the store under `runtime.state_dir` when `store`,
+    /// export when `otlp_endpoint` is set.
+    fn from(config: &husk_config::Config) -> Self {
+        let t = &config.tracing;
+        PipelineConfig {
+            store: t.store.then(|| config.runtime.state_dir.clone()),
+            otlp: (!t.otlp_endpoint.is_empty()).then(|| OtlpTarget {
+                endpoint: t.otlp_endpoint.clone(),
+                protocol: match t.otlp_protocol {
+                    husk_config::OtlpProtocol::HttpProtobuf => crate::OtlpProtocol::HttpProtobuf,
+                    husk_config::OtlpProtocol::Grpc => crate::OtlpProtocol::Grpc,
+                },
+            }),
+        }
+    }
+}
+
 /// What the pipeline has done so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PipelineStats {

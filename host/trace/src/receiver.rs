@@ -41,7 +41,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use crate::{LogLimit, TraceError};
 
 /// Guest connections served at once.
-pub const MAX_CONNECTIONS: usize = 4;
+pub const MAX_CONNECTIONS: usize = 2;
 /// Spans held while the guest's clock offset is unknown; beyond it the oldest go on unshifted.
 pub const HELD_SPANS: u64 = 16 * 1024;
 /// Encoded bytes held while the guest's clock offset is unknown.
@@ -422,6 +422,25 @@ impl Shared {
             let _ = t.join();
         }
     }
+}
+
+/// Receives a VM's spans when it traces: `listener` is the VM's trace listener
+/// (`Vm::take_trace_listener`), `clock_offset_ns` the offset its readiness reported, `sink`
+/// where spans go (none: the host does not trace). A receiver that cannot start is logged, and
+/// the VM runs on without it.
+pub fn receive_guest_spans(
+    listener: Option<UnixListener>,
+    clock_offset_ns: Option<i64>,
+    sink: Option<Arc<dyn SpanSink>>,
+) -> Option<GuestReceiver> {
+    let (listener, sink) = (listener?, sink?);
+    let clock = ClockOffset::new();
+    if let Some(offset) = clock_offset_ns {
+        clock.set(offset);
+    }
+    GuestReceiver::start(listener, sink, clock)
+        .map_err(|e| tracing::warn!(error = %e, "the guest's spans are not received"))
+        .ok()
 }
 
 impl GuestReceiver {
