@@ -13,6 +13,7 @@ HUSK="$HUSK_ROOT/target/debug/husk"
 HUSK_INIT="$HUSK_ROOT/target/$GUEST_TARGET/release/husk-init"
 HUSK_AGENT="$HUSK_ROOT/target/$GUEST_TARGET/release/husk-agent"
 HUSK_CONSOLE="$HUSK_ROOT/target/$GUEST_TARGET/release/husk-console"
+HUSK_TRACER="$HUSK_ROOT/target/$GUEST_TARGET/release/husk-tracer"
 JOBS=${HUSK_JOBS:-$(nproc)}
 
 step() { printf '\n==> %s\n' "$*" >&2; }
@@ -62,7 +63,7 @@ build_kernel() {
 }
 
 build_husk() {
-    step "building husk (host), husk-init, husk-agent and husk-console (static, for the guest)"
+    step "building husk (host), husk-init, husk-agent, husk-console and husk-tracer (static, for the guest)"
     (cd "$HUSK_ROOT" && cargo build -j"$JOBS" --workspace --bins)
     # Guest binaries: statically linked, so the image needs no libc. RUSTFLAGS only reaches the
     # guest target because --target is explicit (build scripts and proc macros stay dynamic).
@@ -73,8 +74,8 @@ build_husk() {
     # selinux-probe: rustjail's SELinux labels in a real guest, for tests/tests/boot.rs.
     (cd "$HUSK_ROOT" && RUSTFLAGS="-C target-feature=+crt-static" SELINUX_STATIC=1 \
         LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH="$GUEST_LIBDIR" \
-        cargo build -j"$JOBS" --release -p husk-init -p husk-agent -p husk-console -p husk-rustjail \
-        --bins --example selinux-probe --target "$GUEST_TARGET")
+        cargo build -j"$JOBS" --release -p husk-init -p husk-agent -p husk-console -p husk-tracer \
+        -p husk-rustjail --bins --example selinux-probe --target "$GUEST_TARGET")
 }
 
 # containerd finds a shim on its PATH by name: put husk's in /usr/local/bin, an optimised build
@@ -115,8 +116,10 @@ install_config() {
 
 build_images() {
     step "building guest images (default and debug)"
-    "$HUSK" image build --init "$HUSK_INIT" --agent "$HUSK_AGENT" --console "$HUSK_CONSOLE"
-    "$HUSK" image build --debug --init "$HUSK_INIT" --agent "$HUSK_AGENT" --console "$HUSK_CONSOLE"
+    "$HUSK" image build --init "$HUSK_INIT" --agent "$HUSK_AGENT" --console "$HUSK_CONSOLE" \
+        --tracer "$HUSK_TRACER"
+    "$HUSK" image build --debug --init "$HUSK_INIT" --agent "$HUSK_AGENT" --console "$HUSK_CONSOLE" \
+        --tracer "$HUSK_TRACER"
 }
 
 prepare_all() {

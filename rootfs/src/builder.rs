@@ -47,6 +47,9 @@ pub struct ImageSpec {
     pub agent: PathBuf,
     /// Statically linked husk-console (`husk exec`), started where the console is enabled.
     pub console: PathBuf,
+    /// Statically linked husk-tracer (the guest's spans to the host), started where tracing is
+    /// enabled.
+    pub tracer: PathBuf,
     /// Statically linked busybox (debug flavour only).
     pub busybox: PathBuf,
     /// Extra programs for the debug flavour (`strace`, `lsof`), placed at `/usr/bin/<name>`
@@ -72,6 +75,12 @@ pub struct BuildReport {
 /// Why an image could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
+    #[error("{what} is missing: there is no {path}; {fix}")]
+    Missing {
+        what: &'static str,
+        path: PathBuf,
+        fix: &'static str,
+    },
     #[error("cannot read {what} at {path}: {error}")]
     Read {
         what: &'static str,
@@ -118,14 +127,25 @@ pub const AGENT_PATH: &str = "/usr/bin/husk-agent";
 pub const CONSOLE_PATH: &str = "/usr/bin/husk-console";
 pub use husk_protocols::manifest::CONSOLE_SERVICE;
 const CONSOLE_FIX: &str = "build it with `cargo build --release -p husk-console --target x86_64-unknown-linux-gnu` and RUSTFLAGS='-C target-feature=+crt-static'";
+/// Where the trace forwarder lives in the image.
+pub const TRACER_PATH: &str = "/usr/bin/husk-tracer";
+pub use husk_protocols::manifest::TRACER_SERVICE;
+const TRACER_FIX: &str = "build it with `cargo build --release -p husk-tracer --target x86_64-unknown-linux-gnu` and RUSTFLAGS='-C target-feature=+crt-static'";
 const BUSYBOX_FIX: &str =
     "install Debian's busybox-static package (`apt-get install busybox-static`)";
 
 fn read_static(what: &'static str, path: &Path, fix: &'static str) -> Result<Vec<u8>, ImageError> {
-    let data = std::fs::read(path).map_err(|error| ImageError::Read {
-        what,
-        path: path.into(),
-        error,
+    let data = std::fs::read(path).map_err(|error| match error.kind() {
+        std::io::ErrorKind::NotFound => ImageError::Missing {
+            what,
+            path: path.into(),
+            fix,
+        },
+        _ => ImageError::Read {
+            what,
+            path: path.into(),
+            error,
+        },
     })?;
     check_static_x86_64(&data).map_err(|error| ImageError::Unusable {
         what,
@@ -334,6 +354,19 @@ fn console_service(flavour: Flavour) -> ServiceSpec {
     }
 }
 
+/// husk-tracer, in every flavour only when the host turns tracing on (`husk.tracing=1`).
+/// First in the start order, so that it listens before the other services send spans
+/// (husk-init stops it last).
+fn tracer_service() -> ServiceSpec {
+    ServiceSpec {
+        name: TRACER_SERVICE.into(),
+        argv: vec![TRACER_PATH.into()],
+        env: vec!["PATH=/usr/bin:/bin:/usr/sbin:/sbin".into()],
+        stdio: ServiceStdio::Log,
+        enabled_by: Some(husk_protocols::cmdline::TRACING.into()),
+    }
+}
+
 fn debug_shell() -> ServiceSpec {
     ServiceSpec {
         name: "console-shell".into(),
@@ -397,14 +430,25 @@ pub fn build(spec: &ImageSpec) -> Result<BuildReport, ImageError> {
         component_version(&spec.console, "husk-console")?,
     );
     tree.file(CONSOLE_PATH, 0o755, console);
+    let tracer = read_static("husk-tracer", &spec.tracer, TRACER_FIX)?;
+    components.insert(
+        "husk-tracer".into(),
+        component_version(&spec.tracer, "husk-tracer")?,
+    );
+    tree.file(TRACER_PATH, 0o755, tracer);
     // How the agent confines containers with seccomp (`husk check` shows it).
     if let Ok(line) = first_line(&spec.agent, &["--seccomp"]) {
         components.insert("seccomp".into(), line);
     }
     let selinux = add_selinux(&mut tree)?;
 
-    // The agent first: it is what the host waits for.
-    let mut services = vec![agent_service(), console_service(spec.flavour)];
+    // The tracer first, where it runs, so that it listens before anything sends spans; then
+    // the agent: it is what the host waits for.
+    let mut services = vec![
+        tracer_service(),
+        agent_service(),
+        console_service(spec.flavour),
+    ];
     if spec.flavour == Flavour::Debug {
         add_busybox(&mut tree, &spec.busybox, &mut components)?;
         add_tools(&mut tree, &spec.tools, &mut components)?;
@@ -468,7 +512,8 @@ mod tests {
     use super::*;
 
     /// A static x86-64 program that prints `line` and exits 0, whatever its arguments: a
-    /// stand-in for husk-init, husk-agent and husk-console, which answer `--version`.
+    /// stand-in for husk-init, husk-agent, husk-console and husk-tracer, which answer
+    /// `--version`.
     fn fake_program(line: &str) -> Vec<u8> {
         let msg = format!("{line}\n");
         let mut code = vec![0xb8, 1, 0, 0, 0, 0xbf, 1, 0, 0, 0]; // mov eax, 1; mov edi, 1
@@ -534,7 +579,7 @@ mod tests {
         fn new() -> Self {
             use std::os::unix::fs::PermissionsExt;
             let dir = tempfile::tempdir().unwrap();
-            for name in ["husk-init", "husk-agent", "husk-console"] {
+            for name in ["husk-init", "husk-agent", "husk-console", "husk-tracer"] {
                 let path = dir.path().join(name);
                 std::fs::write(&path, fake_program(&format!("{name} 0.0.0-test"))).unwrap();
                 std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -549,6 +594,7 @@ mod tests {
                 init: p("husk-init"),
                 agent: p("husk-agent"),
                 console: p("husk-console"),
+                tracer: p("husk-tracer"),
                 busybox: "/bin/busybox".into(),
                 tools: tools.iter().map(PathBuf::from).collect(),
                 services: vec![],
@@ -635,6 +681,59 @@ mod tests {
         }
         let v = tool_version(Path::new("/nonexistent/tool"), "tool", b"abc");
         assert_eq!(v, "sha256:ba7816bf8f01cfea");
+    }
+
+    #[test]
+    fn every_flavour_carries_the_tracer_started_first_when_tracing_is_on() {
+        let inputs = Inputs::new();
+        for flavour in [Flavour::Default, Flavour::Debug] {
+            let r = build_ok(&inputs.spec(flavour, &[], &format!("{}.cpio", flavour.name())));
+            let entries = unpack(&std::fs::read(&r.output).unwrap());
+            let (mode, data) = &entries["usr/bin/husk-tracer"];
+            assert_eq!(mode & 0o777, 0o755);
+            assert_eq!(
+                data,
+                &std::fs::read(inputs.dir.path().join("husk-tracer")).unwrap()
+            );
+            assert_eq!(r.manifest.components["husk-tracer"], "0.0.0-test");
+            let names: Vec<&str> = r
+                .manifest
+                .services
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect();
+            assert_eq!(
+                names[..3],
+                [TRACER_SERVICE, "agent", CONSOLE_SERVICE],
+                "{names:?}"
+            );
+            let tracer = &r.manifest.services[0];
+            assert_eq!(tracer.argv, [TRACER_PATH]);
+            assert_eq!(
+                tracer.enabled_by.as_deref(),
+                Some(husk_protocols::cmdline::TRACING)
+            );
+            assert!(!tracer.enabled(""), "off unless the host turns tracing on");
+            assert!(tracer.enabled("console=ttyS0 husk.tracing=1"));
+        }
+    }
+
+    #[test]
+    fn a_missing_tracer_is_an_error_naming_the_fix() {
+        let inputs = Inputs::new();
+        let mut spec = inputs.spec(Flavour::Default, &[], "t.cpio");
+        spec.tracer = inputs.dir.path().join("absent-tracer");
+        let err = build(&spec).unwrap_err().to_string();
+        assert!(
+            err.contains("husk-tracer is missing")
+                && err.contains("absent-tracer")
+                && err.contains("cargo build --release -p husk-tracer"),
+            "{err}"
+        );
+        // Present but not a static x86-64 program: the fix says how to build it.
+        std::fs::write(&spec.tracer, b"#!/bin/sh\n").unwrap();
+        let err = build(&spec).unwrap_err().to_string();
+        assert!(err.contains("-p husk-tracer"), "{err}");
     }
 
     #[test]

@@ -166,6 +166,11 @@ pub fn console_binary() -> PathBuf {
     guest_binary("husk-console")
 }
 
+/// The statically linked husk-tracer the guest images carry.
+pub fn tracer_binary() -> PathBuf {
+    guest_binary("husk-tracer")
+}
+
 /// Asserts that a VM left nothing behind: its processes are gone and reaped (no `/proc/<pid>`,
 /// which also means their memfd guest memory is freed), no process mentions its run directory,
 /// the run directory (sockets) is removed, and this process holds no fd into it.

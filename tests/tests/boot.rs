@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use husk_e2e::{agent_binary, console_binary, init_binary, manifest_of, Harness, SHUTDOWN_TIMEOUT};
+use husk_e2e::{
+    agent_binary, console_binary, init_binary, manifest_of, tracer_binary, Harness,
+    SHUTDOWN_TIMEOUT,
+};
 use husk_hypervisor::vsock::VsockError;
 use husk_hypervisor::VmError;
 use husk_image::{Flavour, ImageSpec};
@@ -102,6 +105,7 @@ fn a_service_that_dies_is_restarted_with_back_off() {
         init: init_binary(),
         agent: agent_binary(),
         console: console_binary(),
+        tracer: tracer_binary(),
         busybox: "/bin/busybox".into(),
         tools: vec![],
         services: vec![ServiceSpec {

@@ -1,6 +1,6 @@
 //! The `husk` CLI as people and scripts use it: `check`, `vm boot`, `image build`, exit codes.
 
-use husk_e2e::{agent_binary, console_binary, init_binary, Harness};
+use husk_e2e::{agent_binary, console_binary, init_binary, tracer_binary, Harness};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -118,6 +118,8 @@ fn image_builds_are_reproducible() {
             .arg(agent_binary())
             .arg("--console")
             .arg(console_binary())
+            .arg("--tracer")
+            .arg(tracer_binary())
             .arg("--output")
             .arg(&out_path);
         if debug {

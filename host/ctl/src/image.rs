@@ -49,6 +49,12 @@ pub struct BuildArgs {
         default_value = "target/x86_64-unknown-linux-gnu/release/husk-console"
     )]
     console: PathBuf,
+    /// Statically linked husk-tracer.
+    #[arg(
+        long,
+        default_value = "target/x86_64-unknown-linux-gnu/release/husk-tracer"
+    )]
+    tracer: PathBuf,
     /// Statically linked busybox for the debug flavour.
     #[arg(long, default_value = "/bin/busybox")]
     busybox: PathBuf,
@@ -109,6 +115,7 @@ pub fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
         init: args.init.clone(),
         agent: args.agent.clone(),
         console: args.console.clone(),
+        tracer: args.tracer.clone(),
         busybox: args.busybox.clone(),
         services: args
             .services
@@ -275,11 +282,12 @@ fn scan(dir: &Path) -> anyhow::Result<Vec<ImageInfo>> {
 
 /// The CONSOLE column: whether husk-console runs in this image.
 fn console_column(m: &ImageManifest) -> String {
-    match m
-        .services
-        .iter()
-        .find(|s| s.name == husk_image::builder::CONSOLE_SERVICE)
-    {
+    service_runs(m, husk_image::builder::CONSOLE_SERVICE)
+}
+
+/// Whether the service `name` runs in this image: `on`, `when <key>=1` or `no`.
+fn service_runs(m: &ImageManifest, name: &str) -> String {
+    match m.services.iter().find(|s| s.name == name) {
         None => "no".into(),
         Some(ServiceSpec {
             enabled_by: None, ..
@@ -406,7 +414,11 @@ fn describe(i: &ImageInfo, m: &ImageManifest) -> String {
         .row("flavour", &m.flavour)
         .row("build id", &m.build_id)
         .row("schema", m.schema.to_string())
-        .row("console", console_column(m));
+        .row("console", console_column(m))
+        .row(
+            "tracer",
+            service_runs(m, husk_image::builder::TRACER_SERVICE),
+        );
     match &m.selinux {
         Some(p) => t.row(
             "selinux",
@@ -565,10 +577,22 @@ mod tests {
     #[test]
     fn show_names_services_and_policy() {
         let m = manifest(vec![
+            service("tracer", Some("husk.tracing")),
             service("agent", None),
             service("console", Some("husk.console")),
         ]);
         let text = describe(&info(Some(m.clone())), &m);
+        let services = text.split("services (in start order):\n").nth(1).unwrap();
+        assert!(
+            services.starts_with("  tracer   /usr/bin/tracer  [when husk.tracing=1; stdio log]\n"),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                    == ["tracer", "when", "husk.tracing=1"]),
+            "{text}"
+        );
         assert!(
             text.contains("/usr/bin/console  [when husk.console=1; stdio log]"),
             "{text}"
