@@ -64,10 +64,16 @@ pub struct Telemetry {
     service: &'static str,
 }
 
+/// The `tracing` targets of husk's own code: its crates (`husk_*`, the `husk` CLI), the agent's
+/// jail (`rustjail`, as Kata names its own) and the shim's binary crate, which is named after
+/// the binary containerd looks for.
+const HUSK_TARGETS: [&str; 3] = ["husk", "rustjail", "containerd_shim_husk_v2"];
+
 /// Whether a span is one of husk's own, which are the ones exported: other crates' spans
 /// (ttrpc, tokio, h2) are noise in a trace of husk.
 fn husk_span(meta: &tracing::Metadata<'_>) -> bool {
-    meta.target().starts_with("husk") && *meta.level() <= tracing::Level::INFO
+    HUSK_TARGETS.iter().any(|t| meta.target().starts_with(t))
+        && *meta.level() <= tracing::Level::INFO
 }
 
 impl Telemetry {
@@ -124,6 +130,7 @@ impl Telemetry {
             .with_tracked_inactivity(false)
             .with_threads(false)
             .with_location(false)
+            .with_target(false)
             .with_filter(FilterFn::new(
                 husk_span as fn(&tracing::Metadata<'_>) -> bool,
             ))

@@ -168,7 +168,7 @@ fn connect(
 
 pub fn run(args: &ExecArgs) -> anyhow::Result<ExitCode> {
     let config = husk_config::Config::load(args.config.as_deref())?;
-    let traced = crate::telemetry::start(&config);
+    let traced = crate::telemetry::get();
     let span = tracing::info_span!(
         parent: None,
         "husk.exec",

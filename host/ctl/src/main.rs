@@ -152,7 +152,7 @@ enum BenchCommand {
     Vmm(bench_vmm::VmmBenchArgs),
 }
 
-fn init_logging(level: &str) {
+fn init_logging(level: &str, traced: Option<&telemetry::CliTracing>) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
@@ -164,16 +164,22 @@ fn init_logging(level: &str) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .with_filter(filter);
-    // Spans, filled in by the commands that trace (`[tracing] enabled`).
     tracing_subscriber::registry()
-        .with(telemetry::layer())
         .with(fmt)
+        .with(traced.map(|t| t.telemetry.layer()))
         .init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log);
+    // The commands that make sandboxes or sessions trace them (`[tracing] enabled`).
+    let traced = match &cli.command {
+        Command::Run(args) => telemetry::start(args.boot.config.as_deref()),
+        Command::Exec(args) => telemetry::start(args.config.as_deref()),
+        Command::Console(args) => telemetry::start(args.config.as_deref()),
+        _ => None,
+    };
+    init_logging(&cli.log, traced);
     terminal::restore_on_panic();
     let result = match cli.command {
         Command::Check { json } => check::run(json),

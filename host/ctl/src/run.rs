@@ -48,7 +48,7 @@ pub struct RunArgs {
     #[command(flatten)]
     security: SpecArgs,
     #[command(flatten)]
-    boot: BootArgs,
+    pub(crate) boot: BootArgs,
     /// The container image: an OCI image layout (directory or tar), a docker archive (`docker
     /// save`), or a root filesystem directory (used in place).
     #[arg(value_name = "IMAGE")]
@@ -401,7 +401,7 @@ impl Drop for WorkDir {
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let config = husk_config::Config::load(args.boot.config.as_deref())?;
     let resolved = vm::resolve_with(&args.boot, &config);
-    let traced = crate::telemetry::start(&config);
+    let traced = crate::telemetry::get();
     // One trace per run: every span below (the VM's boot, the agent's calls, the guest's own
     // spans) is a child of this one.
     let root = tracing::info_span!(

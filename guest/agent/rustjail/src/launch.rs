@@ -82,7 +82,10 @@ pub fn spawn(
     let _span = husk_telemetry::child_span!(
         "jail.spawn",
         otel.name = "jail spawn",
-        jail.mode = ?cfg.mode,
+        jail.mode = match cfg.mode {
+            Mode::Create { .. } => "create",
+            _ => "exec",
+        },
     )
     .entered();
     let (mut ours, theirs) = UnixStream::pair().map_err(LaunchError::Spawn)?;
