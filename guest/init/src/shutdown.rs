@@ -30,6 +30,13 @@ const TRACER_GRACE: Duration = Duration::from_secs(3);
 /// How long husk-init's own spans may take to reach the tracer.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The parent pid in a `/proc/PID/stat` line: `pid (comm) state ppid …`, where comm may hold
+/// spaces and parentheses.
+fn ppid_of(stat: &str) -> Option<i32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// The pids of every user-space process but PID 1 and `keep` (kernel threads, children of
 /// kthreadd, are left out: signals do not reach them).
 fn user_pids(keep: Option<i32>) -> Vec<i32> {
@@ -42,11 +49,7 @@ fn user_pids(keep: Option<i32>) -> Vec<i32> {
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .ok()
-                .and_then(|stat| {
-                    // `pid (comm) state ppid …`; comm may hold spaces and parentheses.
-                    let rest = &stat[stat.rfind(')')? + 1..];
-                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
-                })
+                .and_then(|stat| ppid_of(&stat))
                 .is_some_and(|ppid| ppid != 2)
         })
         .collect()
@@ -146,4 +149,18 @@ pub fn run(
     let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
     while waitpid(Pid::from_raw(-1), None).is_ok() {}
     crate::leave(reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_parent_pid_is_read_past_any_command_name() {
+        assert_eq!(ppid_of("42 (husk-agent) S 1 42 42 0 -1"), Some(1));
+        assert_eq!(ppid_of("7 (kworker/0:0-eve) I 2 0 0 0 -1"), Some(2));
+        assert_eq!(ppid_of("9 (a) b (c)) R 31 9 9"), Some(31));
+        assert_eq!(ppid_of("garbage"), None);
+        assert_eq!(ppid_of("1 (x)"), None);
+    }
 }

@@ -371,9 +371,10 @@ pub(crate) mod tests {
 
     #[test]
     fn batches_never_exceed_a_frame_and_lose_nothing() {
-        // 12 requests of ~1.03 MiB each: at most 3 fit in a 4 MiB frame.
+        // 12 requests of ~a quarter frame each (10 spans of 105/4096 of a frame): at most 3
+        // fit in one frame.
         let b = SpanBuffer::new(Limits::default());
-        let per_span = 105 * 1024;
+        let per_span = MAX_TRACE_FRAME * 105 / 4096;
         for i in 0..12 {
             b.push(request_sized(&format!("r{i}-"), 10, per_span));
         }

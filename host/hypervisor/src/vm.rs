@@ -479,3 +479,20 @@ impl Drop for Vm {
 pub fn listener_path(vsock_path: &Path, port: u32) -> PathBuf {
     ports::host_listener_path(vsock_path, port)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clock_offset_is_host_minus_guest_and_absent_when_not_reported() {
+        let host = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let guest_behind = 1_700_000_000_000_000_000 - 1_500_000_000;
+        assert_eq!(clock_offset(host, guest_behind), Some(1_500_000_000));
+        let guest_ahead = 1_700_000_000_000_000_000 + 250;
+        assert_eq!(clock_offset(host, guest_ahead), Some(-250));
+        assert_eq!(clock_offset(host, 0), None);
+        // A guest whose clock starts at the epoch (no RTC) is decades behind: still an i64.
+        assert_eq!(clock_offset(host, 1), Some(1_699_999_999_999_999_999));
+    }
+}

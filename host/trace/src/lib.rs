@@ -26,8 +26,8 @@ pub use model::{records_from_request, SpanRecord};
 pub use otlp::{OtlpClient, OtlpError, OtlpProtocol, OtlpTarget, EXPORT_TIMEOUT, HTTP_TRACES_PATH};
 pub use pipeline::{Pipeline, PipelineConfig, PipelineStats, QUEUE_BYTES, QUEUE_REQUESTS};
 pub use receiver::{
-    receive_guest_spans, ClockOffset, GuestReceiver, ReceiverStats, CLOCK_OFFSET_ATTRIBUTE,
-    HELD_BYTES, HELD_SPANS, MAX_CONNECTIONS,
+    check_guest_frame, receive_guest_spans, shift, ClockOffset, GuestReceiver, ReceiverStats,
+    CLOCK_OFFSET_ATTRIBUTE, HELD_BYTES, HELD_SPANS, MAX_CONNECTIONS,
 };
 pub use store::{TraceStore, TraceSummary, STORE_DIR};
 pub use waterfall::render;

@@ -184,8 +184,19 @@ fn shift_time(t: u64, offset: i64) -> u64 {
     u64::try_from(moved.clamp(1, i128::from(u64::MAX))).unwrap_or(u64::MAX)
 }
 
-/// Moves every time in `request` by `offset` and records it on every resource.
-pub(crate) fn shift(request: &mut ExportTraceServiceRequest, offset: i64) {
+/// Decodes one frame's body from the guest and drops its spans with invalid ids: the request,
+/// the spans kept and the spans dropped. Pure, for the receiver and its fuzz target.
+pub fn check_guest_frame(
+    body: &[u8],
+) -> Result<(ExportTraceServiceRequest, u64, u64), prost::DecodeError> {
+    let mut request = husk_telemetry::decode(body)?;
+    let (kept, dropped) = keep_valid(&mut request);
+    Ok((request, kept, dropped))
+}
+
+/// Moves every time in `request` by `offset` (host clock minus guest clock, nanoseconds,
+/// saturating) and records it on every resource as [`CLOCK_OFFSET_ATTRIBUTE`].
+pub fn shift(request: &mut ExportTraceServiceRequest, offset: i64) {
     for rs in &mut request.resource_spans {
         for s in rs.scope_spans.iter_mut().flat_map(|ss| &mut ss.spans) {
             s.start_time_unix_nano = shift_time(s.start_time_unix_nano, offset);
@@ -276,8 +287,8 @@ impl Shared {
     /// frame is acked.
     fn frame(&self, body: &[u8]) {
         self.frames.fetch_add(1, Ordering::Relaxed);
-        let mut request = match husk_telemetry::decode(body) {
-            Ok(r) => r,
+        let (request, kept, dropped) = match check_guest_frame(body) {
+            Ok(checked) => checked,
             Err(e) => {
                 self.malformed.fetch_add(1, Ordering::Relaxed);
                 if let Some(suppressed) = self.malformed_log.allow() {
@@ -290,7 +301,6 @@ impl Shared {
                 return;
             }
         };
-        let (kept, dropped) = keep_valid(&mut request);
         if dropped > 0 {
             self.invalid_spans.fetch_add(dropped, Ordering::Relaxed);
             if let Some(suppressed) = self.invalid_log.allow() {
@@ -723,31 +733,36 @@ mod tests {
     fn held_spans_are_bounded_the_oldest_go_on_unshifted() {
         let f = fixture();
         let mut guest = UnixStream::connect(&f.path).expect("connect");
-        let many: Vec<Span> = (0..HELD_SPANS)
-            .map(|i| {
-                let mut s = span(0xaa, 1, 0, "many", 10, 20);
-                s.span_id = (i + 1).to_be_bytes().to_vec();
-                s
-            })
-            .collect();
-        send(&mut guest, &husk_telemetry::encode(&request("g", many)));
+        // The bound is reached in frames of CHUNK spans (a frame is at most MAX_TRACE_FRAME).
+        const CHUNK: u64 = 2048;
+        for chunk in 0..HELD_SPANS / CHUNK {
+            let spans: Vec<Span> = (0..CHUNK)
+                .map(|i| {
+                    let mut s = span(0xaa, 1, 0, "many", 10, 20);
+                    s.span_id = (chunk * CHUNK + i + 1).to_be_bytes().to_vec();
+                    s
+                })
+                .collect();
+            send(&mut guest, &husk_telemetry::encode(&request("g", spans)));
+        }
         assert!(f.sink.taken().is_empty(), "exactly at the bound: all held");
         send(
             &mut guest,
             &husk_telemetry::encode(&request("g", vec![span(0xaa, 2, 0, "one more", 10, 20)])),
         );
         let got = f.sink.taken();
-        assert_eq!(got.len(), 1, "the oldest went on to make room");
+        assert_eq!(got.len(), 1, "the oldest frame went on to make room");
         assert_eq!(offset_attr(&got[0]), None);
         f.clock.set(5);
         let got = f.sink.taken();
-        assert_eq!(got.len(), 2);
-        assert_eq!(times(&got[1]), [(15, 25)]);
+        // All that went on so far: the oldest frame, then the held ones and the one more.
+        assert_eq!(got.len() as u64, 1 + HELD_SPANS / CHUNK);
+        assert_eq!(times(got.last().expect("the last")), [(15, 25)]);
         drop(guest);
         let stats = f.receiver.finish(Duration::from_secs(30));
         assert_eq!(
             (stats.spans, stats.unshifted_spans),
-            (HELD_SPANS + 1, HELD_SPANS)
+            (HELD_SPANS + 1, CHUNK)
         );
     }
 
