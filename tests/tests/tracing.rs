@@ -271,9 +271,10 @@ fn husk_run_traces_its_sandbox_into_the_local_store() {
     assert_eq!(ours["root"], "husk run", "{ours}");
 }
 
-fn guest_processes(h: &Harness, pod: &str) -> String {
+fn guest_processes(h: &Harness, pod: &str, config: &std::path::Path) -> String {
     let out = h
         .husk()
+        .env(husk_config::CONFIG_ENV, config)
         .args(["exec", pod, "--", "sh", "-c", "cat /proc/[0-9]*/comm"])
         .stdin(Stdio::null())
         .output()
@@ -300,7 +301,7 @@ fn with_tracing_off_the_guest_runs_no_tracer() {
         "sleep",
         "1000",
     ]);
-    let processes = guest_processes(&h, "untraced");
+    let processes = guest_processes(&h, "untraced", &off);
     assert!(processes.lines().any(|p| p == "husk-agent"), "{processes}");
     assert!(!processes.contains("husk-tracer"), "{processes}");
     // Nor does the host listen for spans, or keep any.
@@ -309,4 +310,59 @@ fn with_tracing_off_the_guest_runs_no_tracer() {
     cd.ok(&["task", "rm", "-f", "untraced"]);
     cd.ok(&["containers", "rm", "untraced"]);
     cd.assert_nothing_left(&["untraced"]);
+}
+
+#[test]
+fn with_tracing_on_the_tracer_runs_and_husk_exec_joins_the_console_session_to_its_trace() {
+    let h = Harness::new();
+    let otlp = OtlpReceiver::start();
+    let config = tracing_config(&h, &otlp.endpoint());
+    let rootfs = busybox_rootfs(&h.scratch().join("rootfs"));
+    let mut run = h
+        .husk()
+        .env(husk_config::CONFIG_ENV, &config)
+        .args(["run", "--debug", "--name", "tp"])
+        .arg(&rootfs)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "trap 'exit 130' INT; echo ready; sleep 1000 & wait",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("husk run");
+    // The container runs (so the sandbox is reachable) once it says so.
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(run.stdout.as_mut().expect("stdout")),
+        &mut ready,
+    )
+    .expect("reading husk run's output");
+    assert_eq!(ready, "ready\n");
+
+    let processes = guest_processes(&h, "tp", &config);
+    assert!(processes.lines().any(|p| p == "husk-tracer"), "{processes}");
+    let joined = |spans: &[ReceivedSpan]| match (
+        named(spans, "husk", "husk exec"),
+        named(spans, "husk-console", "console session"),
+    ) {
+        (Some(exec), Some(session)) => session.parent_span_id == exec.span_id,
+        _ => false,
+    };
+    assert!(
+        otlp.wait_until(ARRIVAL, joined),
+        "the console session did not join husk exec's trace:\n{}",
+        describe(&otlp.spans())
+    );
+
+    // Ctrl-C ends the container, and `husk run` with it.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(run.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT");
+    let status = run.wait().expect("husk run");
+    assert_eq!(status.code(), Some(130), "{status:?}");
 }
