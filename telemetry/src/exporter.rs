@@ -23,6 +23,16 @@ pub fn encode(request: &ExportTraceServiceRequest) -> Vec<u8> {
     request.encode_to_vec()
 }
 
+/// The spans in a request.
+pub fn span_count(request: &ExportTraceServiceRequest) -> u64 {
+    request
+        .resource_spans
+        .iter()
+        .flat_map(|rs| &rs.scope_spans)
+        .map(|ss| ss.spans.len() as u64)
+        .sum()
+}
+
 /// Decodes a request read from an untrusted peer.
 pub fn decode(bytes: &[u8]) -> Result<ExportTraceServiceRequest, prost::DecodeError> {
     ExportTraceServiceRequest::decode(bytes)

@@ -14,13 +14,15 @@
 //! thread, no cost beyond `tracing`'s own.
 
 mod exporter;
+mod guest;
 pub mod propagation;
 mod socket_sink;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use exporter::{decode, encode, OtlpExporter};
+pub use exporter::{decode, encode, span_count, OtlpExporter};
+pub use guest::init_guest_logging;
 pub use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 pub use socket_sink::TracerSocket;
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use husk_protocols::trace_wire::{write_trace_frame, TRACER_SOCKET};
 
-use crate::{encode, ExportTraceServiceRequest, SpanSink};
+use crate::{encode, span_count, ExportTraceServiceRequest, SpanSink};
 
 /// Frames kept while the tracer cannot be reached.
 pub const BACKLOG_FRAMES: usize = 64;
@@ -34,15 +34,6 @@ pub struct TracerSocket {
     path: PathBuf,
     state: Mutex<State>,
     dropped: AtomicU64,
-}
-
-fn span_count(request: &ExportTraceServiceRequest) -> u64 {
-    request
-        .resource_spans
-        .iter()
-        .flat_map(|rs| &rs.scope_spans)
-        .map(|ss| ss.spans.len() as u64)
-        .sum()
 }
 
 impl TracerSocket {

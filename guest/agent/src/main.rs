@@ -55,7 +55,8 @@ fn main() -> anyhow::Result<()> {
     }
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     // Before the agent confines itself: the batch thread is started here.
-    let telemetry = init_logging(&cmdline);
+    let telemetry =
+        husk_telemetry::init_guest_logging(&cmdline, Some(husk_telemetry::service::AGENT));
     // Containers and hooks are forked on the launcher thread, outside the agent's own filter.
     rustjail::launcher::start().context("starting the launcher thread")?;
     let mode = confine::Mode::from_cmdline(&cmdline).map_err(anyhow::Error::msg)?;
@@ -76,35 +77,6 @@ fn main() -> anyhow::Result<()> {
 
 /// How long the agent waits at its end for its spans to reach husk-tracer.
 const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Logs to stderr; with `husk.tracing=1` on the command line, spans to husk-tracer as well.
-fn init_logging(cmdline: &str) -> Option<husk_telemetry::Telemetry> {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    use tracing_subscriber::Layer;
-    let level = husk_protocols::cmdline::lookup(cmdline, husk_protocols::cmdline::LOG_LEVEL)
-        .and_then(|l| l.parse::<tracing_subscriber::filter::LevelFilter>().ok())
-        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .without_time()
-        .with_target(false)
-        .with_filter(level);
-    let tracing_on =
-        husk_protocols::cmdline::lookup(cmdline, husk_protocols::cmdline::TRACING) == Some("1");
-    let telemetry = tracing_on.then(|| {
-        husk_telemetry::Telemetry::new(
-            husk_telemetry::service::AGENT,
-            std::sync::Arc::new(husk_telemetry::TracerSocket::new()),
-        )
-    });
-    tracing_subscriber::registry()
-        .with(fmt)
-        .with(telemetry.as_ref().map(|t| t.layer()))
-        .init();
-    telemetry
-}
 
 async fn serve(address: &str) -> anyhow::Result<()> {
     let containers = std::sync::Arc::new(container::Containers::new(container::Paths::guest()));

@@ -25,7 +25,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use husk_protocols::cmdline;
 use husk_protocols::console::MAX_SESSIONS;
 
 use crate::error::SessionError;
@@ -51,7 +50,13 @@ fn main() -> ExitCode {
         }
     };
     ensure_standard_fds();
-    init_logging(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    // Logs at `husk.log=`'s level; with `husk.tracing=1`, each session's span to husk-tracer.
+    let cmdline_text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if let Some(t) =
+        husk_telemetry::init_guest_logging(&cmdline_text, Some(husk_telemetry::service::CONSOLE))
+    {
+        let _ = TELEMETRY.set(t);
+    }
     let listener = match Listener::bind(&address) {
         Ok(l) => l,
         Err(e) => {
@@ -96,36 +101,6 @@ fn ensure_standard_fds() {
             // taken and deliberately kept open for the process's life.
             unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
         }
-    }
-}
-
-/// Logs to stderr (the serial console log) at the level `husk.log=` asks for, `info` by default.
-/// With `husk.tracing=1` on the command line, each session's span also goes to husk-tracer.
-fn init_logging(cmdline_text: &str) {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    use tracing_subscriber::Layer;
-    let level = cmdline::lookup(cmdline_text, cmdline::LOG_LEVEL)
-        .and_then(|l| l.parse::<tracing_subscriber::filter::LevelFilter>().ok())
-        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .without_time()
-        .with_target(false)
-        .with_filter(level);
-    let telemetry = (cmdline::lookup(cmdline_text, cmdline::TRACING) == Some("1")).then(|| {
-        husk_telemetry::Telemetry::new(
-            husk_telemetry::service::CONSOLE,
-            Arc::new(husk_telemetry::TracerSocket::new()),
-        )
-    });
-    tracing_subscriber::registry()
-        .with(fmt)
-        .with(telemetry.as_ref().map(|t| t.layer()))
-        .init();
-    if let Some(t) = telemetry {
-        let _ = TELEMETRY.set(t);
     }
 }
 

@@ -65,7 +65,9 @@ fn main() {
     let switched = switch_root::leave_initramfs();
     let mounted = mounts::mount_base(&mut syscalls::RealSyscalls);
     let cmdline_text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let telemetry = init_logging(&cmdline_text);
+    // Logs to the serial console; with `husk.tracing=1`, spans to husk-tracer as well.
+    let telemetry =
+        husk_telemetry::init_guest_logging(&cmdline_text, Some(husk_telemetry::service::INIT));
     tracing::info!(
         uptime_ms = uptime().as_millis() as u64,
         "husk-init {} starting",
@@ -97,33 +99,6 @@ fn handled_signals() -> SigSet {
         mask.add(s);
     }
     mask
-}
-
-/// Logs to the serial console; with `husk.tracing=1`, spans to husk-tracer as well.
-fn init_logging(cmdline_text: &str) -> Option<husk_telemetry::Telemetry> {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    use tracing_subscriber::Layer;
-    let level = cmdline::lookup(cmdline_text, cmdline::LOG_LEVEL)
-        .and_then(|l| l.parse::<tracing_subscriber::filter::LevelFilter>().ok())
-        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .without_time()
-        .with_target(false)
-        .with_filter(level);
-    let telemetry = (cmdline::lookup(cmdline_text, cmdline::TRACING) == Some("1")).then(|| {
-        husk_telemetry::Telemetry::new(
-            husk_telemetry::service::INIT,
-            std::sync::Arc::new(husk_telemetry::TracerSocket::new()),
-        )
-    });
-    tracing_subscriber::registry()
-        .with(fmt)
-        .with(telemetry.as_ref().map(|t| t.layer()))
-        .init();
-    telemetry
 }
 
 fn uptime() -> Duration {

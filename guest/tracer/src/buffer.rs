@@ -41,9 +41,7 @@ impl Default for Limits {
 
 /// The number of spans in a request.
 #[cfg(test)]
-pub fn span_count(request: &ExportTraceServiceRequest) -> u64 {
-    request.resource_spans.iter().map(resource_span_count).sum()
-}
+pub use husk_telemetry::span_count;
 
 fn resource_span_count(resource: &ResourceSpans) -> u64 {
     resource

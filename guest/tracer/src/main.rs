@@ -21,7 +21,6 @@ mod uplink;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use husk_protocols::cmdline;
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::tracer::{Config, Tracer};
@@ -42,7 +41,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    init_logging(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    // Logs at `husk.log=`'s level (two lines in a tracer's life, started and stopped, and
+    // warnings when spans are lost); no spans of its own.
+    husk_telemetry::init_guest_logging(
+        &std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
+        None,
+    );
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -86,19 +90,4 @@ fn run() -> anyhow::Result<()> {
         s.dropped + s.undelivered
     );
     Ok(())
-}
-
-/// Logs to stderr (the serial console log) at the level `husk.log=` asks for, `info` by default
-/// (two lines in a tracer's life: started and stopped; warnings when spans are lost).
-fn init_logging(cmdline_text: &str) {
-    let level = cmdline::lookup(cmdline_text, cmdline::LOG_LEVEL)
-        .and_then(|l| l.parse::<tracing_subscriber::filter::LevelFilter>().ok())
-        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .without_time()
-        .with_target(false)
-        .init();
 }

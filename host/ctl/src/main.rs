@@ -152,7 +152,7 @@ enum BenchCommand {
     Vmm(bench_vmm::VmmBenchArgs),
 }
 
-fn init_logging(level: &str, traced: Option<&telemetry::CliTracing>) {
+fn init_logging(level: &str, traced: Option<&husk_trace::HostTracing>) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;

@@ -535,7 +535,7 @@ pub fn execute(
     timeout: Duration,
     on_ready: &dyn Fn(&Path),
 ) -> anyhow::Result<Outcome> {
-    let sink = crate::telemetry::get().map(|t| t.pipeline.clone());
+    let sink = crate::telemetry::get().map(husk_trace::HostTracing::sink);
     let mut cfg = cfg.clone();
     if sink.is_some() {
         cfg.trace = true;
@@ -551,11 +551,8 @@ pub fn execute(
             let report = vm.wait_ready(timeout).context("waiting for the guest")?;
             anyhow::Ok((vm, report))
         })?;
-    let traces = husk_trace::receive_guest_spans(
-        vm.take_trace_listener(),
-        report.clock_offset_ns,
-        sink.map(|s| s as std::sync::Arc<dyn husk_telemetry::SpanSink>),
-    );
+    let traces =
+        husk_trace::receive_guest_spans(vm.take_trace_listener(), report.clock_offset_ns, sink);
     let since = |t: std::time::Instant| t.saturating_duration_since(vm.launched_at());
     let mut timings = Timings {
         init_ready: since(std::time::Instant::now()),

@@ -17,6 +17,7 @@ use tracing::Instrument;
 use crate::network::{self, PodNetwork};
 use husk_hypervisor::config::{NetDevice, Share};
 use husk_hypervisor::{HostPaths, VmConfig};
+use husk_trace::HostTracing;
 
 /// virtio-fs tag of the pod's share, which holds every container's rootfs (`<id>/rootfs`).
 pub const POD_TAG: &str = "pod";
@@ -144,7 +145,7 @@ impl Pod {
         cfg.memory_mib = config.hypervisor.memory_mib;
         cfg.vcpus = config.hypervisor.vcpus;
         cfg.extra_cmdline = config.kernel_params();
-        let pipeline = crate::telemetry::get().map(|t| t.pipeline.clone());
+        let pipeline = crate::telemetry::get().map(HostTracing::sink);
         if let Some(tp) = pipeline
             .as_ref()
             .and_then(|_| husk_telemetry::propagation::current_traceparent())
@@ -199,7 +200,7 @@ impl Pod {
                 let traces = husk_trace::receive_guest_spans(
                     vm.take_trace_listener(),
                     report.clock_offset_ns,
-                    pipeline.map(|p| p as std::sync::Arc<dyn husk_telemetry::SpanSink>),
+                    pipeline,
                 );
                 let exit = match vm.exit_watch() {
                     Ok(fd) => fd,

@@ -224,8 +224,7 @@ impl TaskService {
         drop(self.root.lock().unwrap_or_else(|p| p.into_inner()).take());
         if let Some(t) = crate::telemetry::get() {
             let t = t.clone();
-            let _ =
-                tokio::task::spawn_blocking(move || t.flush(crate::telemetry::FLUSH_TIMEOUT)).await;
+            let _ = tokio::task::spawn_blocking(move || t.flush()).await;
         }
     }
 

@@ -6,35 +6,17 @@
 //! short-lived `start` and `delete` invocations (they have nothing to say), and never fail the
 //! shim: a tracing set-up that cannot start is logged and left off.
 
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::OnceLock;
 
 use husk_config::Config;
-use husk_telemetry::{service, SpanSink, Telemetry};
-use husk_trace::{Pipeline, PipelineConfig};
+use husk_telemetry::service;
+use husk_trace::HostTracing;
 use tracing_subscriber::layer::SubscriberExt;
 
-/// How long the shim waits at its end for its spans to be stored and exported.
-pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The serving shim's tracing.
-#[derive(Debug, Clone)]
-pub struct ShimTracing {
-    pub telemetry: Telemetry,
-    pub pipeline: Arc<Pipeline>,
-}
-
-impl ShimTracing {
-    /// Exports what has ended and waits for the pipeline to store and send it.
-    pub fn flush(&self, timeout: Duration) -> bool {
-        self.telemetry.flush(timeout) && self.pipeline.flush(timeout)
-    }
-}
-
-static TRACING: OnceLock<ShimTracing> = OnceLock::new();
+static TRACING: OnceLock<HostTracing> = OnceLock::new();
 
 /// The shim's tracing, when on.
-pub fn get() -> Option<&'static ShimTracing> {
+pub fn get() -> Option<&'static HostTracing> {
     TRACING.get()
 }
 
@@ -47,24 +29,16 @@ pub fn install() {
     let Ok(config) = Config::load(None) else {
         return; // reported to containerd on Create
     };
-    if !config.tracing.enabled {
-        return;
-    }
-    let pipeline = match Pipeline::start(PipelineConfig::from(&config)) {
-        Ok(p) => p,
+    let traced = match HostTracing::start(service::SHIM, &config) {
+        Ok(Some(t)) => t,
+        Ok(None) => return,
         Err(e) => {
             tracing::error!(error = %e, "tracing is on but its pipeline cannot start: tracing off");
             return;
         }
     };
-    let sink: Arc<dyn SpanSink> = pipeline.clone();
-    let telemetry = Telemetry::new(service::SHIM, sink);
-    let subscriber = tracing_subscriber::registry().with(telemetry.layer());
-    if tracing::subscriber::set_global_default(subscriber).is_err() {
-        return;
+    let subscriber = tracing_subscriber::registry().with(traced.telemetry.layer());
+    if tracing::subscriber::set_global_default(subscriber).is_ok() {
+        let _ = TRACING.set(traced);
     }
-    let _ = TRACING.set(ShimTracing {
-        telemetry,
-        pipeline,
-    });
 }

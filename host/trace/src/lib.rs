@@ -14,6 +14,7 @@
 //! from anything but a validated hex trace id.
 
 mod export;
+mod host;
 mod model;
 mod otlp;
 mod pipeline;
@@ -22,6 +23,7 @@ mod store;
 mod waterfall;
 
 pub use export::{jaeger_json, otlp_json, otlp_request};
+pub use host::{HostTracing, FLUSH_TIMEOUT};
 pub use model::{records_from_request, SpanRecord};
 pub use otlp::{OtlpClient, OtlpError, OtlpProtocol, OtlpTarget, EXPORT_TIMEOUT, HTTP_TRACES_PATH};
 pub use pipeline::{Pipeline, PipelineConfig, PipelineStats, QUEUE_BYTES, QUEUE_REQUESTS};

@@ -36,25 +36,8 @@ pub const HTTP_TRACES_PATH: &str = "/v1/traces";
 const ERROR_BODY_LIMIT: usize = 16 * 1024;
 const ERROR_TEXT_CHARS: usize = 300;
 
-/// How spans reach the collector (husk-config's `OtlpProtocol`, mapped by the caller).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OtlpProtocol {
-    /// OTLP/HTTP, protobuf bodies: `POST <endpoint>` (`/v1/traces` when it has no path).
-    #[default]
-    HttpProtobuf,
-    /// OTLP/gRPC: `opentelemetry.proto.collector.trace.v1.TraceService/Export`.
-    Grpc,
-}
-
-impl OtlpProtocol {
-    /// The name `[tracing] otlp_protocol` uses.
-    pub fn name(self) -> &'static str {
-        match self {
-            OtlpProtocol::HttpProtobuf => "http/protobuf",
-            OtlpProtocol::Grpc => "grpc",
-        }
-    }
-}
+/// How spans reach the collector: `[tracing] otlp_protocol`.
+pub use husk_config::OtlpProtocol;
 
 /// A collector to export to.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use husk_telemetry::{ExportTraceServiceRequest, SpanSink};
+use husk_telemetry::{span_count, ExportTraceServiceRequest, SpanSink};
 use prost::Message;
 
 use crate::otlp::{OtlpClient, OtlpTarget};
@@ -47,10 +47,7 @@ impl From<&husk_config::Config> for PipelineConfig {
             store: t.store.then(|| config.runtime.state_dir.clone()),
             otlp: (!t.otlp_endpoint.is_empty()).then(|| OtlpTarget {
                 endpoint: t.otlp_endpoint.clone(),
-                protocol: match t.otlp_protocol {
-                    husk_config::OtlpProtocol::HttpProtobuf => crate::OtlpProtocol::HttpProtobuf,
-                    husk_config::OtlpProtocol::Grpc => crate::OtlpProtocol::Grpc,
-                },
+                protocol: t.otlp_protocol,
             }),
         }
     }
@@ -118,15 +115,6 @@ struct Item {
     spans: u64,
     bytes: usize,
     request: ExportTraceServiceRequest,
-}
-
-fn span_count(request: &ExportTraceServiceRequest) -> u64 {
-    request
-        .resource_spans
-        .iter()
-        .flat_map(|rs| &rs.scope_spans)
-        .map(|ss| ss.spans.len() as u64)
-        .sum()
 }
 
 impl State {
