@@ -162,6 +162,13 @@ fn a_containerd_run_is_one_trace_from_the_shim_down_to_the_jail() {
     let vm_shutdown = named(&spans, "containerd-shim-husk-v2", "vm shutdown").expect("vm shutdown");
     assert_eq!(shutdown.parent_span_id, vm_shutdown.span_id, "{listing}");
 
+    // Spans end when their work does: the boot before the container is created in the guest,
+    // the Task API's Create before its Start (a span held open would hold its parents open).
+    let created = named(&spans, "containerd-shim-husk-v2", "agent CreateContainer").expect("rpc");
+    assert!(boot.end_unix_nano <= created.start_unix_nano, "{listing}");
+    let start = named(&spans, "containerd-shim-husk-v2", "task Start").expect("task Start");
+    assert!(create.end_unix_nano <= start.start_unix_nano, "{listing}");
+
     // The waterfall is honest: the guest's boot, on its own clock reconciled with the host's,
     // lies within the host's `vm boot`.
     assert!(

@@ -217,7 +217,10 @@ impl Pod {
                     exit,
                     traces,
                 };
+                // The boot is over: its span ends here, not with the VM (a span held open would
+                // hold its parents, the Task API call, open too).
                 drop(entered);
+                drop(boot_span);
                 if booted_tx.send(Ok(booted)).is_err() {
                     return;
                 }
