@@ -594,7 +594,7 @@ fn backend_converts_to_the_hypervisor_choice() {
 }
 
 #[test]
-fn tracing_turns_on_the_guest_tracer_and_checks_its_endpoint() {
+fn tracing_keys_are_read_and_checked_and_the_vm_adds_the_tracer_itself() {
     let d = Dir::new();
     d.write(
         "config.toml",
