@@ -12,7 +12,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -279,23 +279,13 @@ impl OtlpReceiver {
         timeout: Duration,
         mut done: impl FnMut(&[ReceivedSpan]) -> bool,
     ) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut r = self.shared.lock();
-        loop {
-            if done(&r.spans) {
-                return true;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            r = self
-                .shared
-                .changed
-                .wait_timeout(r, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
+        let (spans, waited) = self
+            .shared
+            .changed
+            .wait_timeout_while(self.shared.lock(), timeout, |r| !done(&r.spans))
+            .unwrap_or_else(PoisonError::into_inner);
+        drop(spans);
+        !waited.timed_out()
     }
 }
 

@@ -286,21 +286,7 @@ impl AgentClient {
 
     pub async fn check(&self) -> Result<CheckResponse, AgentError> {
         let req = CheckRequest::default();
-        self.call("Check", Some(self.timeout), |c| self.health.check(c, &req))
-            .await
-    }
-
-    async fn call<T, F, Fut>(
-        &self,
-        name: &'static str,
-        timeout: Option<Duration>,
-        f: F,
-    ) -> Result<T, AgentError>
-    where
-        F: FnOnce(ttrpc::context::Context) -> Fut,
-        Fut: std::future::Future<Output = ttrpc::Result<T>>,
-    {
-        traced_call(name, timeout, f).await
+        traced_call("Check", Some(self.timeout), |c| self.health.check(c, &req)).await
     }
 
     fn process(container: &str, exec_id: &str) -> ProcessRef {
@@ -338,7 +324,7 @@ impl AgentClient {
             rootfs_path: rootfs_path.to_owned(),
             ..Default::default()
         };
-        self.call("CreateContainer", Some(self.timeout), |c| {
+        traced_call("CreateContainer", Some(self.timeout), |c| {
             self.agent.create_container(c, &req)
         })
         .await
@@ -357,7 +343,7 @@ impl AgentClient {
             exec_id: exec_id.to_owned(),
             ..Default::default()
         };
-        self.call("StartContainer", Some(self.timeout), |c| {
+        traced_call("StartContainer", Some(self.timeout), |c| {
             self.agent.start_container(c, &req)
         })
         .await
@@ -372,7 +358,7 @@ impl AgentClient {
     /// Waits, without a deadline, for a process to exit and its output to be delivered.
     pub async fn wait(&self, id: &str, exec_id: &str) -> Result<i32, AgentError> {
         let req = Self::process(id, exec_id);
-        self.call("WaitProcess", None, |c| self.agent.wait_process(c, &req))
+        traced_call("WaitProcess", None, |c| self.agent.wait_process(c, &req))
             .await
             .map(|r| r.exit_status)
     }
@@ -389,7 +375,7 @@ impl AgentClient {
             signal,
             ..Default::default()
         };
-        self.call("SignalProcess", Some(self.timeout), |c| {
+        traced_call("SignalProcess", Some(self.timeout), |c| {
             self.agent.signal_process(c, &req)
         })
         .await
@@ -400,7 +386,7 @@ impl AgentClient {
     /// the stream to end stdin after the last byte).
     pub async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<(), AgentError> {
         let req = Self::process(id, exec_id);
-        self.call("CloseStdin", Some(self.timeout), |c| {
+        traced_call("CloseStdin", Some(self.timeout), |c| {
             self.agent.close_stdin(c, &req)
         })
         .await
@@ -441,7 +427,7 @@ impl AgentClient {
             routes: routes.to_vec(),
             ..Default::default()
         };
-        self.call("CreateSandbox", Some(self.timeout), |c| {
+        traced_call("CreateSandbox", Some(self.timeout), |c| {
             self.agent.create_sandbox(c, &req)
         })
         .await
@@ -454,7 +440,7 @@ impl AgentClient {
             sandbox_id: id.to_owned(),
             ..Default::default()
         };
-        self.call("DestroySandbox", Some(self.timeout), |c| {
+        traced_call("DestroySandbox", Some(self.timeout), |c| {
             self.agent.destroy_sandbox(c, &req)
         })
         .await
@@ -475,7 +461,7 @@ impl AgentClient {
             process_json: process_json.to_owned(),
             ..Default::default()
         };
-        self.call("ExecProcess", Some(self.timeout), |c| {
+        traced_call("ExecProcess", Some(self.timeout), |c| {
             self.agent.exec_process(c, &req)
         })
         .await
@@ -496,7 +482,7 @@ impl AgentClient {
             columns,
             ..Default::default()
         };
-        self.call("ResizeTty", Some(self.timeout), |c| {
+        traced_call("ResizeTty", Some(self.timeout), |c| {
             self.agent.resize_tty(c, &req)
         })
         .await
@@ -513,7 +499,7 @@ impl AgentClient {
     /// The processes of a container.
     pub async fn list_processes(&self, id: &str) -> Result<Vec<ProcessInfo>, AgentError> {
         let req = Self::container(id);
-        self.call("ListProcesses", Some(self.timeout), |c| {
+        traced_call("ListProcesses", Some(self.timeout), |c| {
             self.agent.list_processes(c, &req)
         })
         .await
@@ -523,7 +509,7 @@ impl AgentClient {
     /// A container's cgroup statistics.
     pub async fn stats(&self, id: &str) -> Result<ContainerStats, AgentError> {
         let req = Self::container(id);
-        self.call("StatsContainer", Some(self.timeout), |c| {
+        traced_call("StatsContainer", Some(self.timeout), |c| {
             self.agent.stats_container(c, &req)
         })
         .await
@@ -532,7 +518,7 @@ impl AgentClient {
     /// Freezes every process of a container.
     pub async fn pause(&self, id: &str) -> Result<(), AgentError> {
         let req = Self::container(id);
-        self.call("PauseContainer", Some(self.timeout), |c| {
+        traced_call("PauseContainer", Some(self.timeout), |c| {
             self.agent.pause_container(c, &req)
         })
         .await
@@ -542,7 +528,7 @@ impl AgentClient {
     /// Thaws a paused container.
     pub async fn resume(&self, id: &str) -> Result<(), AgentError> {
         let req = Self::container(id);
-        self.call("ResumeContainer", Some(self.timeout), |c| {
+        traced_call("ResumeContainer", Some(self.timeout), |c| {
             self.agent.resume_container(c, &req)
         })
         .await
@@ -556,7 +542,7 @@ impl AgentClient {
             resources_json: resources_json.to_owned(),
             ..Default::default()
         };
-        self.call("UpdateContainer", Some(self.timeout), |c| {
+        traced_call("UpdateContainer", Some(self.timeout), |c| {
             self.agent.update_container(c, &req)
         })
         .await
@@ -584,7 +570,7 @@ impl AgentClient {
             container_id: id.to_owned(),
             ..Default::default()
         };
-        self.call("RemoveContainer", Some(self.timeout), |c| {
+        traced_call("RemoveContainer", Some(self.timeout), |c| {
             self.agent.remove_container(c, &req)
         })
         .await
@@ -593,7 +579,7 @@ impl AgentClient {
 
     pub async fn guest_details(&self) -> Result<GuestDetails, AgentError> {
         let req = GuestDetailsRequest::default();
-        self.call("GetGuestDetails", Some(self.timeout), |c| {
+        traced_call("GetGuestDetails", Some(self.timeout), |c| {
             self.agent.get_guest_details(c, &req)
         })
         .await

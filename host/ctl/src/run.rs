@@ -536,15 +536,11 @@ pub fn execute(
     on_ready: &dyn Fn(&Path),
 ) -> anyhow::Result<Outcome> {
     let sink = crate::telemetry::get().map(husk_trace::HostTracing::sink);
-    let mut cfg = cfg.clone();
-    if sink.is_some() {
-        cfg.trace = true;
-        if let Some(tp) = husk_telemetry::propagation::current_traceparent() {
-            cfg.extra_cmdline
-                .push(format!("{}={tp}", husk_protocols::cmdline::TRACEPARENT));
-        }
-    }
-    let cfg = &cfg;
+    let cfg = &VmConfig {
+        trace: sink.is_some(),
+        traceparent: husk_telemetry::propagation::current_traceparent(),
+        ..cfg.clone()
+    };
     let (mut vm, report) =
         tracing::info_span!("vm.boot", otel.name = "vm boot").in_scope(|| {
             let mut vm = hv.boot(cfg).context("booting the VM")?;

@@ -153,6 +153,9 @@ pub struct VmConfig {
     /// Listen for the guest's spans (vsock port 10240, `husk.tracing=1`): the VM then hands
     /// out a trace listener ([`crate::Vm::take_trace_listener`]).
     pub trace: bool,
+    /// With `trace`, the W3C `traceparent` of the host span booting the VM: husk-init's boot
+    /// span becomes its child (`husk.traceparent=`).
+    pub traceparent: Option<String>,
 }
 
 impl VmConfig {
@@ -172,17 +175,23 @@ impl VmConfig {
             nics: Vec::new(),
             disks: Vec::new(),
             trace: false,
+            traceparent: None,
         }
     }
 
     /// The kernel command-line words husk adds for this VM: [`Self::extra_cmdline`], and
-    /// `husk.tracing=1` when the VM traces (only a VM whose host listens for spans runs the
-    /// guest's tracer).
+    /// `husk.tracing=1` (with `husk.traceparent=` when known) when the VM traces (only a VM
+    /// whose host listens for spans runs the guest's tracer).
     pub fn cmdline_words(&self) -> Vec<String> {
-        let mut words = self.extra_cmdline.clone();
+        use husk_protocols::cmdline::{TRACEPARENT, TRACING};
+        let mut words = Vec::new();
         if self.trace {
-            words.insert(0, format!("{}=1", husk_protocols::cmdline::TRACING));
+            words.push(format!("{TRACING}=1"));
+            if let Some(tp) = &self.traceparent {
+                words.push(format!("{TRACEPARENT}={tp}"));
+            }
         }
+        words.extend(self.extra_cmdline.iter().cloned());
         words
     }
 

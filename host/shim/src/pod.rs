@@ -145,16 +145,10 @@ impl Pod {
         cfg.memory_mib = config.hypervisor.memory_mib;
         cfg.vcpus = config.hypervisor.vcpus;
         cfg.extra_cmdline = config.kernel_params();
-        let pipeline = crate::telemetry::get().map(HostTracing::sink);
-        if let Some(tp) = pipeline
-            .as_ref()
-            .and_then(|_| husk_telemetry::propagation::current_traceparent())
-        {
-            // husk-init's spans join this trace.
-            cfg.extra_cmdline
-                .push(format!("{}={tp}", husk_protocols::cmdline::TRACEPARENT));
-        }
-        cfg.trace = pipeline.is_some();
+        let sink = crate::telemetry::get().map(HostTracing::sink);
+        cfg.trace = sink.is_some();
+        // husk-init's spans join this trace.
+        cfg.traceparent = husk_telemetry::propagation::current_traceparent();
         cfg.run_root = config.runtime.run_root.clone();
         cfg.log_root = config.runtime.log_root.clone();
         cfg.shares.push(Share {
@@ -200,7 +194,7 @@ impl Pod {
                 let traces = husk_trace::receive_guest_spans(
                     vm.take_trace_listener(),
                     report.clock_offset_ns,
-                    pipeline,
+                    sink,
                 );
                 let exit = match vm.exit_watch() {
                     Ok(fd) => fd,

@@ -287,19 +287,13 @@ impl Pipeline {
         };
         self.shared.drop_items(dropped);
         self.shared.work.notify_all();
-        let mut st = self.shared.lock();
-        while !st.exited {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            st = self
-                .shared
-                .progress
-                .wait_timeout(st, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let st = self
+            .shared
+            .progress
+            .wait_timeout_while(self.shared.lock(), left, |st| !st.exited)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
         let exited = st.exited;
         drop(st);
         let handle = self
@@ -366,27 +360,15 @@ impl SpanSink for Pipeline {
     /// (or dropped from a full queue); false after `timeout`, or when the worker has ended with
     /// requests still queued.
     fn flush(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut st = self.shared.lock();
+        let st = self.shared.lock();
         let target = st.last_seq;
-        loop {
-            if st.done_through(target) {
-                return true;
-            }
-            if st.exited {
-                return false;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            st = self
-                .shared
-                .progress
-                .wait_timeout(st, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
+        let st = self
+            .shared
+            .progress
+            .wait_timeout_while(st, timeout, |st| !st.done_through(target) && !st.exited)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
+        st.done_through(target)
     }
 }
 

@@ -517,19 +517,13 @@ impl GuestReceiver {
         };
         let deadline = Instant::now() + timeout;
         {
-            let mut c = lock(&self.shared.conns);
-            while c.active > 0 {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                c = self
-                    .shared
-                    .conns_changed
-                    .wait_timeout(c, left)
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
-            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut c = self
+                .shared
+                .conns_changed
+                .wait_timeout_while(lock(&self.shared.conns), left, |c| c.active > 0)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
             c.stopping = true;
             for (_, s) in &c.streams {
                 let _ = s.shutdown(std::net::Shutdown::Both);
